@@ -1,0 +1,2 @@
+"""conv ops (being written)."""
+from .registry import op  # noqa: F401

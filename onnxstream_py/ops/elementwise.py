@@ -1,0 +1,2 @@
+"""elementwise ops (being written)."""
+from .registry import op  # noqa: F401

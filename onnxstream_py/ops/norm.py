@@ -1,0 +1,2 @@
+"""norm ops (being written)."""
+from .registry import op  # noqa: F401

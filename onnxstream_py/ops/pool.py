@@ -1,0 +1,2 @@
+"""pool ops (being written)."""
+from .registry import op  # noqa: F401

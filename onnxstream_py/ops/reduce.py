@@ -1,0 +1,2 @@
+"""reduce ops (being written)."""
+from .registry import op  # noqa: F401

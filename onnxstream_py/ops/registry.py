@@ -1,0 +1,63 @@
+"""Op registry: (domain, ONNX op name, opset version) -> numpy implementation.
+
+Each op is a plain function registered with ``@op("Name", since=V)``. Inputs arrive
+positionally as numpy arrays (``None`` for an omitted optional input), attributes as
+keyword arguments whose Python defaults are the ONNX defaults. An op that needs the
+node's output count declares a keyword-only ``_noutputs`` parameter. Opset versions are
+registry keys: ``lookup`` returns the implementation with the highest ``since`` that is
+not newer than the model's opset for that domain.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass(frozen=True)
+class OpImpl:
+    op_type: str
+    domain: str
+    since: int
+    fn: Callable
+    wants_noutputs: bool
+
+
+_REGISTRY: dict[tuple[str, str], list[OpImpl]] = {}
+
+
+def _norm_domain(domain: str) -> str:
+    return "" if domain in DEFAULT_DOMAINS else domain
+
+
+def op(op_type: str, since: int = 1, domain: str = ""):
+    """Register ``fn`` as the implementation of ``op_type`` from opset ``since`` on."""
+
+    def deco(fn: Callable) -> Callable:
+        params = inspect.signature(fn).parameters
+        impl = OpImpl(op_type, _norm_domain(domain), since, fn, "_noutputs" in params)
+        versions = _REGISTRY.setdefault((impl.domain, op_type), [])
+        if any(v.since == since for v in versions):
+            raise ValueError(f"op {op_type} (domain {domain!r}) registered twice for opset {since}")
+        versions.append(impl)
+        versions.sort(key=lambda v: v.since)
+        return fn
+
+    return deco
+
+
+def lookup(op_type: str, opset: int, domain: str = "") -> OpImpl | None:
+    """The implementation of ``op_type`` valid at ``opset``, or None if unsupported."""
+    versions = _REGISTRY.get((_norm_domain(domain), op_type), [])
+    best = None
+    for impl in versions:
+        if impl.since <= opset:
+            best = impl
+    return best
+
+
+def registered_ops() -> dict[tuple[str, str], list[int]]:
+    """{(domain, op_type): [since versions]} for every registered op."""
+    return {key: [v.since for v in versions] for key, versions in _REGISTRY.items()}

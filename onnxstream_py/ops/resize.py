@@ -1,0 +1,2 @@
+"""resize ops (being written)."""
+from .registry import op  # noqa: F401

@@ -1,0 +1,2 @@
+"""tensor ops (being written)."""
+from .registry import op  # noqa: F401
