@@ -1,0 +1,2 @@
+"""indexing ops (being written)."""
+from .registry import op  # noqa: F401
