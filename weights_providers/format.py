@@ -39,9 +39,13 @@ class WeightsError(Exception):
 
 
 def encode_name(name: str) -> str:
-    """Percent-encode a tensor name into one whitespace-free, comma-free token."""
-    if name == "~":
-        return "%7E"
+    """Percent-encode a tensor name into one whitespace-free, comma-free token.
+
+    The lone tokens ``~`` (an omitted optional input) and ``-`` (an empty list) are
+    reserved, so names that are exactly those are fully encoded.
+    """
+    if name in ("~", "-"):
+        return "%" + name.encode().hex().upper()
     return quote(name, safe=_SAFE)
 
 
