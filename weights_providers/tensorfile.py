@@ -1,0 +1,148 @@
+"""Checked, positioned reads of tensors from one local weights file (shared by the disk providers).
+
+Every read is a positioned read (``os.preadv``) on one file descriptor, so several threads
+may read at once without a shared seek position, and a tensor lands straight in the
+buffer of the returned array (allocated with ``np.empty``): no intermediate bytes object.
+Row reads (``read_rows``) fetch only the rows asked for; the tensor's CRC-32 is checked
+first by streaming the whole tensor through ``zlib.crc32`` in 1 MiB chunks, once per file
+opening, so a 151 MB embedding table costs 1 MiB of memory, not 151 MB. The trade-off:
+the first row read of a big table reads it all once (from disk or page cache).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import zlib
+
+import numpy as np
+
+from .format import WEIGHTS_FILE, TensorEntry, WeightsError, WeightsIndex, decode_tensor
+
+CHUNK_BYTES = 1 << 20
+
+
+def weights_path(path) -> str:
+    """The weights file for ``path``: the file itself, or ``<dir>/weights.bin`` for a model dir."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return os.path.join(path, WEIGHTS_FILE)
+    return path
+
+
+class TensorFile:
+    """An open weights file: its index and checked reads of whole tensors or of rows."""
+
+    def __init__(self, path, verify: bool = True):
+        self.path = weights_path(path)
+        self.verify = verify
+        self.index = WeightsIndex.read(self.path)
+        try:
+            self._fd: int | None = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except OSError as e:
+            raise WeightsError(f"cannot open weights file {self.path}: {e}") from None
+        self._verified: set[str] = set()  # names whose checksum already passed
+        self._lock = threading.Lock()
+
+    def entry(self, name: str) -> TensorEntry:
+        return self.index[name]
+
+    def close(self) -> None:
+        with self._lock:
+            fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # --- whole tensors -------------------------------------------------------------------
+
+    def read(self, entry: TensorEntry) -> np.ndarray:
+        """The whole tensor, read into a fresh buffer and checked against its CRC-32."""
+        raw = np.empty(entry.nbytes, dtype=np.uint8)
+        got = self._pread(entry, raw, entry.offset)
+        arr = decode_tensor(entry, raw if got == entry.nbytes else raw[:got], self.path, self.verify)
+        if self.verify:
+            self._verified.add(entry.name)
+        return arr
+
+    # --- rows ----------------------------------------------------------------------------
+
+    def read_rows(self, entry: TensorEntry, rows) -> np.ndarray:
+        """``np.take(tensor, rows, axis=0)`` reading only the rows needed (after the checksum)."""
+        rows = np.asarray(rows)
+        if rows.dtype.kind not in "iu":
+            raise TypeError(f"get_rows: row indices for tensor {entry.name!r} must be integers, got {rows.dtype}")
+        if not entry.shape:
+            raise ValueError(f"get_rows: tensor {entry.name!r} in {self.path} is 0-d and has no rows")
+        n = entry.shape[0]
+        flat = rows.astype(np.int64).reshape(-1)
+        bad = (flat < -n) | (flat >= n)
+        if bad.any():
+            raise IndexError(f"get_rows: index {int(flat[bad][0])} is out of bounds for tensor "
+                             f"{entry.name!r} with {n} rows (shape {list(entry.shape)})")
+        flat = np.where(flat < 0, flat + n, flat)
+        if self.verify and entry.name not in self._verified:
+            self.check(entry)
+
+        row_shape = entry.shape[1:]
+        row_bytes = entry.nbytes // n if n else 0
+        uniq, inverse = np.unique(flat, return_inverse=True)
+        buf = np.empty((len(uniq),) + row_shape, dtype=entry.dtype.newbyteorder("<"))
+        raw = buf.reshape(-1).view(np.uint8)
+        # One positioned read per run of consecutive row numbers.
+        cuts = np.flatnonzero(np.diff(uniq) != 1) + 1
+        for start, stop in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(uniq)]))):
+            dest = raw[start * row_bytes:stop * row_bytes]
+            offset = entry.offset + int(uniq[start]) * row_bytes
+            if self._pread(entry, dest, offset) != len(dest):
+                raise WeightsError(f"tensor {entry.name!r} in {self.path}: short read of rows "
+                                   f"{int(uniq[start])}..{int(uniq[stop - 1])} (file truncated?)")
+        out = buf if np.array_equal(uniq, flat) else buf[inverse.reshape(-1)]
+        out = out.reshape(rows.shape + row_shape)
+        return out if out.dtype == entry.dtype else out.astype(entry.dtype)
+
+    def check(self, entry: TensorEntry) -> None:
+        """Stream the tensor through CRC-32 in CHUNK_BYTES pieces, keeping none of it."""
+        chunk = np.empty(min(CHUNK_BYTES, entry.nbytes), dtype=np.uint8)
+        crc, done = 0, 0
+        while done < entry.nbytes:
+            piece = chunk[:min(len(chunk), entry.nbytes - done)]
+            if self._pread(entry, piece, entry.offset + done) != len(piece):
+                raise WeightsError(f"tensor {entry.name!r} in {self.path}: read stopped at byte {done} "
+                                   f"of {entry.nbytes} at offset {entry.offset} (file truncated?)")
+            crc = zlib.crc32(piece, crc)
+            done += len(piece)
+        if crc != entry.crc32:
+            raise WeightsError(f"tensor {entry.name!r} in {self.path}: checksum mismatch "
+                               f"(crc32 {crc:08x}, index says {entry.crc32:08x}): the file is corrupted")
+        self._verified.add(entry.name)
+
+    # --- the one place that touches the file descriptor ----------------------------------
+
+    def _pread(self, entry: TensorEntry, dest: np.ndarray, offset: int) -> int:
+        """Fill ``dest`` (1-D uint8) from ``offset``; return the bytes read (less only at EOF)."""
+        fd = self._fd
+        if fd is None:
+            raise WeightsError(f"tensor {entry.name!r}: weights file {self.path} is closed")
+        view = memoryview(dest)
+        got = 0
+        try:
+            while got < len(view):
+                # preadv may return less than asked (Linux caps one call near 2 GiB).
+                if hasattr(os, "preadv"):
+                    n = os.preadv(fd, [view[got:]], offset + got)
+                else:  # pragma: no cover - platforms without preadv (Windows)
+                    data = os.pread(fd, len(view) - got, offset + got)
+                    n = len(data)
+                    view[got:got + n] = data
+                if n == 0:
+                    break
+                got += n
+        except OSError as e:
+            raise WeightsError(f"tensor {entry.name!r} in {self.path}: read failed at offset "
+                               f"{offset + got}: {e}") from e
+        return got
