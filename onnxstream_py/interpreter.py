@@ -1,0 +1,129 @@
+"""The interpreter: executes a Plan op by op, holding only live tensors.
+
+It looks each step's op up in the plan (no op logic here), fetches the step's weights
+from the provider just before the op and releases them right after, and drops every
+intermediate after its last consumer. ``ONNXSTREAM_DEBUG=1`` prints each op; ``=2`` adds
+input/output shapes and dtypes and the process's current RSS.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+
+from .errors import OpError
+from .graph import Graph
+from .plan import Plan, Step
+
+
+def current_rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def debug_level() -> int:
+    try:
+        return int(os.environ.get("ONNXSTREAM_DEBUG", "0") or 0)
+    except ValueError:
+        return 0
+
+
+def _describe(a) -> str:
+    if a is None:
+        return "-"
+    a = np.asarray(a)
+    return f"{a.dtype.name}{list(a.shape)}"
+
+
+class Interpreter:
+    def __init__(self, graph: Graph, plan: Plan, provider):
+        self.graph = graph
+        self.plan = plan
+        self.provider = provider
+
+    def _fetch_weight(self, name: str) -> np.ndarray:
+        decl = self.graph.weights[name]
+        a = self.provider.get(name)
+        if a.dtype != decl.dtype:
+            a = a.astype(decl.dtype)       # --fp16 storage: widen per op
+        return a
+
+    def _gather_rows(self, step: Step, table_name: str, indices: np.ndarray) -> list:
+        """Gather from a weight table reading only the rows the indices touch."""
+        decl = self.graph.weights[table_name]
+        n = decl.shape[0] if decl.shape else 0
+        idx = np.asarray(indices).astype(np.int64, copy=False)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise OpError(f"node {step.node.name!r} (Gather): index out of range [{-n}, {n}) "
+                          f"for weight {table_name!r} of shape {list(decl.shape)}")
+        idx = np.where(idx < 0, idx + n, idx)
+        rows, local = np.unique(idx, return_inverse=True)
+        get_rows = getattr(self.provider, "get_rows", None)
+        table = get_rows(table_name, rows) if get_rows else self.provider.get(table_name)[rows]
+        if table.dtype != decl.dtype:
+            table = table.astype(decl.dtype)
+        return [table, local.reshape(idx.shape)]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        graph, provider = self.graph, self.provider
+        env: dict[str, np.ndarray] = dict(feeds)
+        consts = graph.consts
+        level = debug_level()
+        total = len(self.plan.steps)
+        for i, step in enumerate(self.plan.steps):
+            node = step.node
+            t0 = time.perf_counter() if level else 0.0
+            args = []
+            for j, name in enumerate(node.inputs):
+                if not name:
+                    args.append(None)
+                elif j in step.weight_inputs:
+                    args.append(None if (step.row_gather and j == 0) else self._fetch_weight(name))
+                elif name in env:
+                    args.append(env[name])
+                else:
+                    args.append(consts[name])
+            if step.row_gather:
+                args[0], args[1] = self._gather_rows(step, node.inputs[0], args[1])
+            try:
+                result = step.impl.fn(*args, **step.kwargs)
+            except Exception as e:
+                shapes = ", ".join(_describe(a) for a in args)
+                raise OpError(f"node {node.name!r} ({node.op_type}) failed on inputs ({shapes}): "
+                              f"{type(e).__name__}: {e}") from e
+            if not isinstance(result, (tuple, list)):
+                result = (result,)
+            if len(result) < sum(1 for o in node.outputs if o):
+                raise OpError(f"node {node.name!r} ({node.op_type}) returned {len(result)} outputs, "
+                              f"the graph expects {len(node.outputs)}")
+            for name, value in zip(node.outputs, result):
+                if name:
+                    env[name] = value
+            for j in step.weight_inputs:
+                provider.release(node.inputs[j])
+            del args, result
+            if level:
+                line = f"[{i + 1}/{total}] {node.op_type} {node.name}"
+                if level >= 2:
+                    ins = ", ".join(_describe(env.get(n, consts.get(n))) if n and n not in graph.weights
+                                    else (f"w:{n}" if n else "-") for n in node.inputs)
+                    outs = ", ".join(_describe(env[o]) for o in node.outputs if o)
+                    line += (f"  ({ins}) -> ({outs})  {1e3 * (time.perf_counter() - t0):.1f} ms"
+                             f"  rss {current_rss_bytes() / 2**20:.0f} MiB")
+                print(line, file=sys.stderr)
+            for name in step.free_after:
+                env.pop(name, None)
+        out = {}
+        for v in graph.outputs:
+            if v.name in env:
+                out[v.name] = env[v.name]
+            elif v.name in consts:
+                out[v.name] = consts[v.name].copy()
+            else:
+                out[v.name] = self._fetch_weight(v.name)
+        return out

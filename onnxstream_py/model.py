@@ -1,0 +1,148 @@
+"""Model: the public entry point — load a converted model, validate feeds, run it.
+
+``Model(path, provider="prefetch", options=RunOptions())`` reads graph.txt, opens a
+WeightsProvider on weights.bin (or takes the one given), checks that the two agree, plans
+the execution (reporting every unsupported op at once) and then runs any number of times.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+import weights_providers as wp
+from weights_providers.base import WeightsProvider
+from weights_providers.format import WEIGHTS_FILE, WeightsError
+
+from .errors import InputError
+from .graph import GRAPH_FILE, Graph, read_graph
+from .interpreter import Interpreter
+from .options import RunOptions
+from .plan import Plan, build_plan
+
+PROVIDERS = ("nocache", "prefetch", "ram")
+
+
+def open_provider(kind: str, weights_path: str, options: RunOptions) -> wp.WeightsProvider:
+    k = kind.lower().replace("_", "").replace("-", "")
+    if k in ("nocache", "disknocache"):
+        return wp.DiskNoCache(weights_path, verify=options.verify_checksums)
+    if k in ("prefetch", "diskprefetch"):
+        return wp.DiskPrefetch(weights_path, budget_bytes=options.prefetch_bytes,
+                               verify=options.verify_checksums)
+    if k == "ram":
+        return wp.Ram(wp.DiskNoCache(weights_path, verify=options.verify_checksums))
+    raise ValueError(f"unknown provider {kind!r}; choose one of {', '.join(PROVIDERS)} "
+                     f"or pass a WeightsProvider instance")
+
+
+def _check_weights_agree(graph: Graph, provider, weights_path: str) -> None:
+    index = getattr(provider, "index", None)
+    if index is None:
+        return
+    for name, decl in graph.weights.items():
+        if name not in index:
+            raise WeightsError(f"weight {name!r} declared in {GRAPH_FILE} is missing from {weights_path}")
+        e = index[name]
+        if tuple(e.shape) != tuple(decl.shape) or e.dtype != decl.stored_dtype:
+            raise WeightsError(f"weight {name!r}: {GRAPH_FILE} declares {decl.stored_dtype.name}"
+                               f"{list(decl.shape)}, {weights_path} holds {e.dtype.name}{list(e.shape)}")
+
+
+class Model:
+    """A converted model, ready to run. Use as a context manager or call ``close()``."""
+
+    def __init__(self, path: str, provider: str | wp.WeightsProvider = "prefetch",
+                 options: RunOptions | None = None):
+        self.path = path
+        self.options = options or RunOptions()
+        self.graph: Graph = read_graph(os.path.join(path, GRAPH_FILE))
+        self.plan: Plan = build_plan(self.graph, self.options)
+        weights_path = os.path.join(path, WEIGHTS_FILE)
+        if isinstance(provider, str):
+            if not self.graph.weights and not os.path.exists(weights_path):
+                self.provider = _NoWeights()
+            else:
+                self.provider = open_provider(provider, weights_path, self.options)
+        else:
+            self.provider = provider
+        try:
+            _check_weights_agree(self.graph, self.provider, weights_path)
+            self.provider.plan(list(self.plan.weight_order))
+        except BaseException:
+            self.close()
+            raise
+        self._interpreter = Interpreter(self.graph, self.plan, self.provider)
+        self._runs = 0
+
+    @property
+    def input_names(self) -> list[str]:
+        return [v.name for v in self.graph.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [v.name for v in self.graph.outputs]
+
+    def _validate(self, feeds: dict) -> dict[str, np.ndarray]:
+        if not isinstance(feeds, dict):
+            raise InputError(f"feeds must be a dict name -> array, got {type(feeds).__name__}")
+        expected = {v.name: v for v in self.graph.inputs}
+        unknown = [k for k in feeds if k not in expected]
+        if unknown:
+            raise InputError(f"unknown input(s) {unknown}; the model's inputs are {list(expected)}")
+        out: dict[str, np.ndarray] = {}
+        bound: dict[str, tuple[int, str]] = {}
+        for name, v in expected.items():
+            if name not in feeds:
+                raise InputError(f"missing input {name!r} ({v.dtype.name}{list(v.shape)}); "
+                                 f"the model's inputs are {list(expected)}")
+            a = feeds[name]
+            if not isinstance(a, np.ndarray):
+                a = np.asarray(a)
+            if a.dtype != v.dtype:
+                raise InputError(f"input {name!r}: dtype {a.dtype.name}, expected {v.dtype.name}")
+            if v.shape is None:
+                out[name] = a
+                continue
+            if a.ndim != len(v.shape):
+                raise InputError(f"input {name!r}: shape {list(a.shape)} has rank {a.ndim}, expected "
+                                 f"rank {len(v.shape)} {list(v.shape)}")
+            for axis, (got, want) in enumerate(zip(a.shape, v.shape)):
+                if isinstance(want, int):
+                    if got != want:
+                        raise InputError(f"input {name!r}: shape {list(a.shape)}, expected {list(v.shape)} "
+                                         f"(dim {axis} must be {want})")
+                elif want in bound and bound[want][0] != got:
+                    size, where = bound[want]
+                    raise InputError(f"input {name!r}: dim {axis} ({want!r}) is {got}, but {where} "
+                                     f"set {want!r} to {size}")
+                else:
+                    bound.setdefault(want, (got, f"input {name!r}"))
+            out[name] = a
+        return out
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run once; returns {output name: array}."""
+        feeds = self._validate(feeds)
+        if self._runs:
+            self.provider.restart()
+        self._runs += 1
+        return self._interpreter.run(feeds)
+
+    def close(self) -> None:
+        p = getattr(self, "provider", None)
+        if p is not None:
+            p.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _NoWeights(WeightsProvider):
+    """Provider for a model whose weights all fit inline in graph.txt."""
+
+    def get(self, name: str) -> np.ndarray:
+        raise WeightsError(f"weight {name!r} requested, but the model has no weights file")

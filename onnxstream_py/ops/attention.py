@@ -1,0 +1,65 @@
+"""Sliced attention: softmax(Q·Kᵀ·scale + mask)·V computed a block of query rows at a time.
+
+The plan replaces the exported pattern MatMul -> [Mul|Div scale] -> [Add mask] ->
+Softmax(last axis) -> MatMul with this op, so the full scores tensor (8 heads x 4096 x
+4096 floats = 512 MiB in an SD 1.5 UNet at 512x512) never exists: one slice of rows does.
+Per row the arithmetic is the unfused graph's, so results match it to rounding.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .registry import op
+
+DOMAIN = "onnxstream"
+
+
+def rows_per_slice(batch_elems: int, q_rows: int, k_cols: int, itemsize: int, slices: int,
+                   slice_bytes: int) -> int:
+    """Query rows per slice: from an explicit slice count, or from a byte budget per slice."""
+    if slices > 0:
+        return max(1, -(-q_rows // slices))
+    per_row = max(1, batch_elems * k_cols * itemsize)
+    return int(max(1, min(q_rows, slice_bytes // per_row)))
+
+
+def _softmax_last_inplace(s: np.ndarray) -> None:
+    s -= s.max(axis=-1, keepdims=True)
+    np.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)
+
+
+@op("SlicedAttention", domain=DOMAIN)
+def SlicedAttention(q, kt, v, scale=None, mask=None, *, scale_op="", slices=0, slice_bytes=16 << 20):
+    """q [..., M, d], kt [..., d, N], v [..., N, dv] -> [..., M, dv] (numpy matmul broadcasting).
+
+    scale: scalar applied to the scores by ``scale_op`` ("mul" or "div"); mask: broadcastable
+    to [..., M, N], added after scaling. Reference: ONNX MatMul, Softmax (opset 13), Add.
+    """
+    if q.ndim < 2 or kt.ndim < 2 or v.ndim < 2:
+        raise ValueError(f"SlicedAttention: q, kᵀ, v must have rank >= 2, got {q.shape}, {kt.shape}, {v.shape}")
+    m, n = q.shape[-2], kt.shape[-1]
+    batch = np.broadcast_shapes(q.shape[:-2], kt.shape[:-2], v.shape[:-2])
+    score_dtype = np.result_type(q.dtype, kt.dtype)
+    work_dtype = np.float32 if score_dtype == np.float16 else score_dtype
+    out_dtype = np.result_type(score_dtype, v.dtype)
+    out = np.empty(batch + (m, v.shape[-1]), dtype=out_dtype)
+    step = rows_per_slice(int(np.prod(batch, dtype=np.int64)), m, n, np.dtype(work_dtype).itemsize,
+                          slices, slice_bytes)
+    mask_rows = mask is not None and mask.ndim >= 2 and mask.shape[-2] == m and m > 1
+    for r0 in range(0, m, step):
+        r1 = min(m, r0 + step)
+        s = np.matmul(q[..., r0:r1, :], kt)
+        if s.dtype != work_dtype:
+            s = s.astype(work_dtype)
+        if scale_op == "mul":
+            s *= scale.astype(work_dtype)
+        elif scale_op == "div":
+            s /= scale.astype(work_dtype)
+        if mask is not None:
+            s += mask[..., r0:r1, :] if mask_rows else mask
+        _softmax_last_inplace(s)
+        if s.dtype != score_dtype:
+            s = s.astype(score_dtype)
+        np.matmul(s, v, out=out[..., r0:r1, :])
+    return out

@@ -1,0 +1,31 @@
+"""RunOptions: every knob of a Model in one frozen dataclass, passed explicitly."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    # Threads for heavy math (numpy's BLAS honours it through OPENBLAS_NUM_THREADS at start-up;
+    # the native path of a later issue owns a thread pool). None: all cores.
+    threads: int | None = None
+    # Attention slicing: number of query-row slices; 0 chooses the count so that one slice's
+    # scores take at most attention_slice_bytes.
+    attention_slices: int = 0
+    attention_slice_bytes: int = 16 * MiB
+    # Read-ahead budget of the "prefetch" provider.
+    prefetch_bytes: int = 32 * MiB
+    # Verify each weight's CRC-32 when it is read.
+    verify_checksums: bool = True
+    # "numpy" is the reference path (the only one until the native issue lands).
+    backend: str = "numpy"
+
+    def __post_init__(self):
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"RunOptions.threads must be >= 1, got {self.threads}")
+        if self.attention_slices < 0:
+            raise ValueError(f"RunOptions.attention_slices must be >= 0, got {self.attention_slices}")
+        if self.backend not in ("numpy",):
+            raise ValueError(f"RunOptions.backend {self.backend!r} is not available (have: 'numpy')")
