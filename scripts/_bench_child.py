@@ -1,0 +1,93 @@
+"""One benchmark measurement in a fresh process (spawned by scripts/bench.py).
+
+Loads one model with one engine, runs it `--runs` times on the feeds in an
+.npz file, saves the last outputs to another .npz and prints one JSON line:
+
+    {"engine": ..., "load_s": ..., "run_s": [...], "s_per_run": ...,
+     "peak_rss_kib": ..., "outputs": {name: shape}}
+
+peak_rss_kib is resource.getrusage(RUSAGE_SELF).ru_maxrss (KiB on Linux) at
+the end, so it covers interpreter start-up, imports, load and every run. A
+fresh process per measurement is the trade-off that makes peak RSS mean
+something: nothing allocated by an earlier model or engine can hide in it.
+
+Only the engine under test is imported (onnxruntime or onnxstream_py).
+
+Usage:
+    python scripts/_bench_child.py --engine ort|onnxstream --model PATH \
+        --inputs IN.npz --outputs OUT.npz [--runs 1] [--threads 2] [--provider nocache]
+"""
+import argparse
+import json
+import resource
+import sys
+import time
+
+import numpy as np
+
+
+def load_ort(path, threads, provider):
+    """onnxruntime CPU session with default (all in RAM) settings."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+
+    def run(feeds):
+        return dict(zip(names, sess.run(names, feeds)))
+
+    return run, lambda: None
+
+
+def load_onnxstream(path, threads, provider):
+    import onnxstream_py
+
+    model = onnxstream_py.Model(path, provider=provider,
+                                options=onnxstream_py.RunOptions(threads=threads))
+    return model.run, model.close
+
+
+LOADERS = {"ort": load_ort, "onnxstream": load_onnxstream}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--engine", choices=sorted(LOADERS), required=True)
+    ap.add_argument("--model", required=True, help="model.onnx (ort) or converted dir (onnxstream)")
+    ap.add_argument("--inputs", required=True)
+    ap.add_argument("--outputs", required=True)
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--provider", default="nocache")
+    args = ap.parse_args(argv)
+
+    with np.load(args.inputs) as z:
+        feeds = {k: z[k] for k in z.files}
+
+    t0 = time.perf_counter()
+    run, close = LOADERS[args.engine](args.model, args.threads, args.provider)
+    load_s = time.perf_counter() - t0
+
+    run_s, outputs = [], {}
+    for _ in range(max(1, args.runs)):
+        t0 = time.perf_counter()
+        outputs = run(feeds)
+        run_s.append(time.perf_counter() - t0)
+    close()
+
+    np.savez(args.outputs, **{k: np.asarray(v) for k, v in outputs.items()})
+    report = dict(
+        engine=args.engine, provider=args.provider if args.engine != "ort" else "ram",
+        load_s=load_s, run_s=run_s, s_per_run=sum(run_s) / len(run_s),
+        peak_rss_kib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        outputs={k: list(np.shape(v)) for k, v in outputs.items()},
+    )
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

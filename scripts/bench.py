@@ -1,0 +1,313 @@
+"""Benchmark onnxstream_py against onnxruntime on the SD 1.5 models.
+
+For each model in MODELS_DIR/{text_encoder,unet,vae_decoder}/model.onnx:
+
+1. convert it with `python -m onnxstream_py convert MODEL.onnx OUT_DIR` in a
+   child process, recording the converter's seconds and peak RSS (from
+   os.wait4, i.e. the child's ru_maxrss);
+2. build seeded feeds (prompt-like token ids; UNet sample/latent ~N(0,1) at
+   64x64 latents, timestep 999.0; text context ~N(0,1)) and save them to .npz;
+3. run onnxstream_py (per --provider) and onnxruntime (CPUExecutionProvider,
+   everything in RAM) each in a fresh child (scripts/_bench_child.py);
+4. compare the outputs with onnxruntime's: max abs error and max abs error /
+   max|reference| (the bar is <= 1e-3), and print a markdown table.
+
+Fresh processes cost start-up time but make peak RSS honest. Input shapes come
+from the model's own ONNX inputs (symbolic dims: batch 1, sequence 77, spatial
+--latent-size), so real optimum exports work as well as the synthetic ones;
+`synth.json` written by make_synthetic_sd15.py supplies the vocabulary size.
+
+Usage:
+    python scripts/bench.py [--models-dir /work/synth/sd15]
+        [--models text_encoder,unet,vae_decoder] [--provider nocache[,prefetch,ram]]
+        [--runs 1] [--threads 2] [--out-json F] [--engines ort,onnxstream]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CHILD = os.path.join(HERE, "_bench_child.py")
+MODELS = ("text_encoder", "unet", "vae_decoder")
+REL_ERR_BAR = 1e-3
+SD15_VOCAB = 49408
+NP_DTYPES = {1: np.float32, 6: np.int32, 7: np.int64, 10: np.float16, 11: np.float64}
+
+
+def child_env(threads):
+    """Pin BLAS/OpenMP pools to --threads so both engines get the same cores."""
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    repo = os.path.dirname(HERE)
+    env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def run_measured(cmd, env, timeout=None):
+    """Run cmd; return (returncode, stdout, stderr, seconds, peak RSS KiB of the child).
+
+    The child is reaped with os.wait4 (not Popen.wait) to get its own rusage;
+    its output goes through temporary files so no pipe can fill up meanwhile.
+    """
+    with tempfile.TemporaryFile("w+") as fout, tempfile.TemporaryFile("w+") as ferr:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=fout, stderr=ferr, env=env, text=True)
+        timer = threading.Timer(timeout, p.kill) if timeout else None
+        if timer:
+            timer.start()
+        _, status, usage = os.wait4(p.pid, 0)
+        secs = time.perf_counter() - t0
+        if timer:
+            timer.cancel()
+        p.returncode = os.waitstatus_to_exitcode(status)
+        fout.seek(0)
+        ferr.seek(0)
+        out, err = fout.read(), ferr.read()
+    if p.returncode < 0:
+        err += f"\n[bench] child killed by signal {-p.returncode}"
+    return p.returncode, out, err, secs, usage.ru_maxrss
+
+
+def graph_inputs(model_path):
+    """[(name, numpy dtype, dims with str for symbolic)] of the model's real inputs."""
+    import onnx
+
+    m = onnx.load(model_path, load_external_data=False)
+    inits = {i.name for i in m.graph.initializer}
+    result = []
+    for i in m.graph.input:
+        if i.name in inits:
+            continue
+        tt = i.type.tensor_type
+        dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?")
+                for d in tt.shape.dim]
+        result.append((i.name, NP_DTYPES[tt.elem_type], dims))
+    return result
+
+
+def prompt_like_ids(shape, vocab_size, rng):
+    """BOS, 3-19 word ids, then EOS to the end (CLIP pads with <|endoftext|>)."""
+    bos, eos = vocab_size - 2, vocab_size - 1
+    ids = np.full(shape, eos, dtype=np.int64)
+    for row in ids.reshape(-1, shape[-1]):
+        n = min(int(rng.integers(3, 20)), shape[-1] - 2)
+        row[0] = bos
+        row[1:1 + n] = rng.integers(1, vocab_size - 2, size=n)
+    return ids
+
+
+def make_feeds(model_path, vocab_size, latent_size, seed):
+    """Seeded feeds for the model's inputs: ids, timestep 999, else ~N(0,1)."""
+    rng = np.random.default_rng(seed)
+    sizes = {"batch": 1, "batch_size": 1, "sequence": 77, "sequence_length": 77,
+             "height": latent_size, "width": latent_size}
+    feeds = {}
+    for name, dtype, dims in graph_inputs(model_path):
+        shape = []
+        for axis, d in enumerate(dims):
+            if isinstance(d, int) and d > 0:
+                shape.append(d)
+            elif d in sizes:
+                shape.append(sizes[d])
+            else:  # unnamed dynamic dim: batch first, spatial last
+                shape.append(1 if axis == 0 else latent_size)
+        if "input_ids" in name:
+            feeds[name] = prompt_like_ids(shape, vocab_size, rng).astype(dtype)
+        elif "timestep" in name:
+            feeds[name] = np.full(shape, 999.0, dtype=dtype)
+        else:
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
+
+
+def convert(model_path, out_dir, env, timeout):
+    cmd = [sys.executable, "-m", "onnxstream_py", "convert", model_path, out_dir]
+    rc, out, err, secs, rss = run_measured(cmd, env, timeout)
+    row = dict(engine="convert", provider="-", seconds=secs,
+               peak_rss_kib=rss, ok=rc == 0)
+    if rc != 0:
+        row["error"] = tail(err or out)
+    return row
+
+
+def run_child(engine, model, inputs, outputs, args, env, provider="ram"):
+    cmd = [sys.executable, CHILD, "--engine", engine, "--model", model,
+           "--inputs", inputs, "--outputs", outputs, "--runs", str(args.runs),
+           "--threads", str(args.threads), "--provider", provider]
+    rc, out, err, secs, rss = run_measured(cmd, env, args.timeout)
+    if rc != 0:
+        return dict(engine=engine, provider=provider, ok=False, peak_rss_kib=rss,
+                    wall_s=secs, error=tail(err or out))
+    report = json.loads(out.strip().splitlines()[-1])
+    report.update(ok=True, wall_s=secs)
+    return report
+
+
+def tail(text, n=12):
+    return "\n".join(text.strip().splitlines()[-n:])
+
+
+def compare(got_path, ref_path):
+    """Worst max abs error and max abs error / max|ref| over the reference outputs."""
+    worst_abs, worst_rel, notes = 0.0, 0.0, []
+    with np.load(got_path) as got, np.load(ref_path) as ref:
+        for name in ref.files:
+            r = ref[name].astype(np.float64)
+            if name not in got.files:
+                notes.append(f"missing output {name}")
+                worst_abs = worst_rel = float("inf")
+                continue
+            g = got[name].astype(np.float64)
+            if g.shape != r.shape:
+                notes.append(f"{name}: shape {g.shape}, expected {r.shape}")
+                worst_abs = worst_rel = float("inf")
+                continue
+            err = float(np.abs(g - r).max()) if r.size else 0.0
+            if not np.isfinite(err):
+                err = float("inf")
+            scale = float(np.abs(r).max()) if r.size else 0.0
+            worst_abs = max(worst_abs, err)
+            worst_rel = max(worst_rel, err / scale if scale > 0 else err)
+    return worst_abs, worst_rel, notes
+
+
+def bench_model(name, args, env, vocab_size):
+    model_path = os.path.join(args.models_dir, name, "model.onnx")
+    work = os.path.join(args.work_dir, name)
+    os.makedirs(work, exist_ok=True)
+    feeds = make_feeds(model_path, vocab_size, args.latent_size, args.seed)
+    inputs = os.path.join(work, "inputs.npz")
+    np.savez(inputs, **feeds)
+    print(f"[{name}] feeds " + ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in feeds.items()),
+          flush=True)
+
+    rows = []
+    ref_out = os.path.join(work, "out_ort.npz")
+    if "ort" in args.engines:
+        print(f"[{name}] onnxruntime ...", flush=True)
+        rows.append(run_child("ort", model_path, inputs, ref_out, args, env))
+
+    if "onnxstream" in args.engines:
+        converted = os.path.join(work, "converted")
+        if args.skip_convert and os.path.isdir(converted):
+            conv = dict(engine="convert", provider="-", ok=True, skipped=True)
+        else:
+            print(f"[{name}] convert ...", flush=True)
+            conv = convert(model_path, converted, env, args.timeout)
+        rows.append(conv)
+        for provider in args.providers:
+            if not conv["ok"]:
+                break
+            print(f"[{name}] onnxstream_py ({provider}) ...", flush=True)
+            out = os.path.join(work, f"out_onnxstream_{provider}.npz")
+            row = run_child("onnxstream", converted, inputs, out, args, env, provider)
+            if row["ok"] and os.path.exists(ref_out) and rows[0].get("ok"):
+                row["max_abs_err"], row["rel_err"], notes = compare(out, ref_out)
+                if notes:
+                    row["compare_notes"] = notes
+            rows.append(row)
+    for r in rows:
+        r["model"] = name
+        if not r.get("ok", False):
+            print(f"[{name}] {r['engine']} FAILED:\n{r.get('error', '')}", flush=True)
+    return rows
+
+
+def fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def table(rows):
+    """Markdown table; ratios are against the same model's onnxruntime row."""
+    ort = {r["model"]: r for r in rows if r["engine"] == "ort" and r.get("ok")}
+    lines = ["| model | engine | provider | s/run | peak RSS MiB | RSS ratio | "
+             "speed ratio vs ORT | max abs err | rel err |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        rss = r.get("peak_rss_kib")
+        rss_mib = rss / 1024 if rss else None
+        base = ort.get(r["model"])
+        if not r.get("ok"):
+            s = "FAILED"
+        elif r["engine"] == "convert":
+            s = "skipped" if r.get("skipped") else f"{r['seconds']:.2f} (convert)"
+        else:
+            s = f"{r['s_per_run']:.3f}"
+        rss_ratio = speed = None
+        if base and r["engine"] != "ort" and r.get("ok") and rss:
+            rss_ratio = rss / base["peak_rss_kib"]
+            if r["engine"] != "convert":
+                speed = base["s_per_run"] / r["s_per_run"]
+        err = fmt(r.get("max_abs_err"), ".3g")
+        rel = r.get("rel_err")
+        rel_s = "-" if rel is None else f"{rel:.3g} {'ok' if rel <= REL_ERR_BAR else 'FAIL'}"
+        lines.append(f"| {r['model']} | {r['engine']} | {r.get('provider', '-')} | {s} | "
+                     f"{fmt(rss_mib, '.0f')} | {fmt(rss_ratio, '.2f')} | {fmt(speed, '.2f')} | "
+                     f"{err} | {rel_s} |")
+    lines += ["", f"RSS ratio = peak RSS / onnxruntime's; speed ratio = onnxruntime s/run / "
+              f"engine s/run (> 1 is faster than ORT); rel err = max abs err / max|ORT output| "
+              f"(bar <= {REL_ERR_BAR:g}). convert row: converter wall seconds and peak RSS."]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models-dir", default="/work/synth/sd15")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--provider", default="nocache",
+                    help="onnxstream_py weights provider(s), comma separated")
+    ap.add_argument("--engines", default="ort,onnxstream")
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--latent-size", type=int, default=None,
+                    help="latent height/width for UNet and VAE (default 64, or the tiny set's size)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work-dir", default=None,
+                    help="converted models, feeds and outputs (default MODELS_DIR/_bench)")
+    ap.add_argument("--skip-convert", action="store_true",
+                    help="reuse an existing converted model")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds per child")
+    ap.add_argument("--out-json", default=None)
+    args = ap.parse_args(argv)
+
+    args.providers = [p for p in args.provider.split(",") if p]
+    args.engines = [e for e in args.engines.split(",") if e]
+    args.work_dir = args.work_dir or os.path.join(args.models_dir, "_bench")
+    names = [m for m in args.models.split(",") if m]
+
+    manifest = {}
+    synth = os.path.join(args.models_dir, "synth.json")
+    if os.path.exists(synth):
+        with open(synth) as f:
+            manifest = json.load(f).get("models", {})
+    feeds_spec = manifest.get("text_encoder", {}).get("feeds", {}).get("input_ids", {})
+    vocab_size = feeds_spec.get("vocab_size", SD15_VOCAB)
+    if args.latent_size is None:
+        unet_feed = manifest.get("unet", {}).get("feeds", {}).get("sample", {})
+        args.latent_size = unet_feed.get("shape", [1, 4, 64, 64])[-1]
+
+    env = child_env(args.threads)
+    rows = []
+    for name in names:
+        rows.extend(bench_model(name, args, env, vocab_size))
+
+    print()
+    print(table(rows))
+    if args.out_json:
+        with open(args.out_json, "w") as f:
+            json.dump(dict(models_dir=args.models_dir, runs=args.runs, threads=args.threads,
+                           latent_size=args.latent_size, rows=rows), f, indent=2)
+    bad = [r for r in rows if not r.get("ok") or r.get("rel_err", 0) > REL_ERR_BAR]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
