@@ -27,6 +27,7 @@ from weights_providers.format import WEIGHTS_FILE, WeightsWriter
 
 from . import ops
 from .dtypes import numpy_to_onnx, onnx_to_numpy
+from .errors import ConversionError
 from .graph import GRAPH_FILE, Graph, Node, ValueInfo, WeightDecl, write_graph
 
 INLINE_MAX_ELEMENTS = 16          # constants this small are written into graph.txt
@@ -35,10 +36,6 @@ INFER_MAX_ROUNDS = 8              # shape-inference/fold rounds before giving up
 NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                     "Multinomial", "Bernoulli"}
 FP16_MAX = 65504.0
-
-
-class ConversionError(Exception):
-    """The ONNX model cannot be converted: names the tensor or node and why."""
 
 
 @dataclass

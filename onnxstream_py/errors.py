@@ -25,8 +25,12 @@ class InputError(EngineError, ValueError):
     """A feed is missing, unexpected, or has the wrong dtype or shape."""
 
 
+class ConversionError(EngineError):
+    """The ONNX model cannot be converted: names the tensor or node and why."""
+
+
 class OpError(EngineError):
     """An op failed while running: names the node, its type and its inputs' shapes."""
 
 
-__all__ = ["EngineError", "UnsupportedOpsError", "InputError", "OpError", "WeightsError", "GraphFormatError"]
+__all__ = ["ConversionError", "EngineError", "UnsupportedOpsError", "InputError", "OpError", "WeightsError", "GraphFormatError"]

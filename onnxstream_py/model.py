@@ -19,6 +19,7 @@ from .graph import GRAPH_FILE, Graph, read_graph
 from .interpreter import Interpreter
 from .options import RunOptions
 from .plan import Plan, build_plan
+from .threads import set_blas_threads
 
 PROVIDERS = ("nocache", "prefetch", "ram")
 
@@ -72,6 +73,8 @@ class Model:
         except BaseException:
             self.close()
             raise
+        if self.options.threads is not None:
+            set_blas_threads(self.options.threads)
         self._interpreter = Interpreter(self.graph, self.plan, self.provider)
         self._runs = 0
 

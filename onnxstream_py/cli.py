@@ -1,0 +1,176 @@
+"""The ``onnxstream`` command: convert, run, and the built-in demo.
+
+    onnxstream convert MODEL.onnx OUT_DIR [--fp16] [--fix-shape NAME=d0,d1,...]
+    onnxstream run MODEL_DIR --input NAME=FILE.npy ... [--output-dir DIR] [--provider prefetch]
+    onnxstream demo            # convert + run the tiny SD UNet shipped in the package
+
+Every command prints its wall time and the process's peak RSS (getrusage max RSS).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+
+DEMO_MODEL = os.path.join(os.path.dirname(__file__), "data", "tiny_sd15_unet.onnx")
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _summary(name: str, a) -> str:
+    import numpy as np
+    a = np.asarray(a)
+    s = f"{name}: {a.dtype.name}{list(a.shape)}"
+    if a.size and a.dtype.kind in "fiub":
+        f = a.astype(np.float64)
+        s += f"  mean {f.mean():.6g}  std {f.std():.6g}  min {f.min():.6g}  max {f.max():.6g}"
+    return s
+
+
+def _options(args):
+    from .options import RunOptions
+    return RunOptions(threads=args.threads, attention_slices=args.attention_slices)
+
+
+def cmd_convert(args) -> int:
+    from .converter import convert, parse_fix_shape
+    fix = dict(parse_fix_shape(s) for s in args.fix_shape or [])
+    t0 = time.perf_counter()
+    report = convert(args.model, args.out_dir, fp16=args.fp16, fix_shapes=fix)
+    print(report.summary())
+    print(f"converted {args.model} -> {args.out_dir} in {time.perf_counter() - t0:.2f} s, "
+          f"peak RSS {peak_rss_mib():.1f} MiB")
+    return 0
+
+
+def _parse_inputs(specs: list[str]) -> dict:
+    import numpy as np
+    feeds = {}
+    for spec in specs or []:
+        name, eq, path = spec.partition("=")
+        if not eq or not name or not path:
+            raise SystemExit(f"--input {spec!r}: expected NAME=FILE.npy")
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--input {name}: cannot load {path}: {e}") from None
+    return feeds
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+    from .model import Model
+    feeds = _parse_inputs(args.input)
+    t0 = time.perf_counter()
+    with Model(args.model_dir, provider=args.provider, options=_options(args)) as model:
+        load_s = time.perf_counter() - t0
+        times = []
+        for _ in range(args.runs):
+            t1 = time.perf_counter()
+            outputs = model.run(feeds)
+            times.append(time.perf_counter() - t1)
+    for name, a in outputs.items():
+        print(_summary(name, a))
+    if args.output_dir:
+        os.makedirs(args.output_dir, exist_ok=True)
+        for name, a in outputs.items():
+            safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+            np.save(os.path.join(args.output_dir, safe + ".npy"), a)
+        print(f"outputs written to {args.output_dir}")
+    print(f"load {load_s:.2f} s; run {min(times):.3f} s (best of {len(times)}); "
+          f"peak RSS {peak_rss_mib():.1f} MiB")
+    return 0
+
+
+def demo_feeds(seed: int = 0) -> dict:
+    """Inputs of the tiny SD UNet: a 16x16 latent, a timestep, a 77-token text embedding."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    return {"sample": rng.standard_normal((1, 4, 16, 16)).astype(np.float32),
+            "timestep": np.array(999.0, dtype=np.float32),
+            "encoder_hidden_states": rng.standard_normal((1, 77, 32)).astype(np.float32)}
+
+
+def cmd_demo(args) -> int:
+    import numpy as np
+    from .converter import convert
+    from .model import Model
+    model_path = args.model or DEMO_MODEL
+    out_dir = args.out_dir or os.path.join(tempfile.gettempdir(), "onnxstream_demo")
+    t0 = time.perf_counter()
+    report = convert(model_path, out_dir, log=lambda m: None)
+    print(f"converted {os.path.basename(model_path)}: {report.summary()}")
+    feeds = demo_feeds(args.seed)
+    t1 = time.perf_counter()
+    with Model(out_dir, provider=args.provider, options=_options(args)) as model:
+        outputs = model.run(feeds)
+    run_s = time.perf_counter() - t1
+    for name, a in outputs.items():
+        print(_summary(name, a))
+    try:
+        import onnxruntime as ort
+        ref = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"]).run(None, feeds)
+        for (name, a), r in zip(outputs.items(), ref):
+            err = float(np.abs(a.astype(np.float64) - r).max())
+            print(f"{name}: max abs error vs onnxruntime {err:.3g} (max |ref| {float(np.abs(r).max()):.3g})")
+    except ImportError:
+        print("(onnxruntime not installed: skipping the comparison)")
+    print(f"run {run_s:.3f} s; total {time.perf_counter() - t0:.2f} s; peak RSS {peak_rss_mib():.1f} MiB")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="onnxstream", description="Streaming ONNX inference with little memory.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def run_opts(sp):
+        sp.add_argument("--provider", default="prefetch", help="nocache | prefetch | ram (default prefetch)")
+        sp.add_argument("--threads", type=int, default=None, help="threads for heavy math (default: all cores)")
+        sp.add_argument("--attention-slices", type=int, default=0,
+                        help="query-row slices for attention (0: sized to a 16 MiB budget)")
+
+    c = sub.add_parser("convert", help="convert an ONNX model into the streaming format")
+    c.add_argument("model", help="MODEL.onnx (external data is read from beside it)")
+    c.add_argument("out_dir")
+    c.add_argument("--fp16", action="store_true", help="store float weights as FP16 (computed in FP32)")
+    c.add_argument("--fix-shape", action="append", metavar="NAME=d0,d1,...",
+                   help="pin an input's shape and fold the shape arithmetic (repeatable)")
+    c.set_defaults(fn=cmd_convert)
+
+    r = sub.add_parser("run", help="run a converted model on .npy inputs")
+    r.add_argument("model_dir")
+    r.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="one per model input")
+    r.add_argument("--output-dir", help="write each output as NAME.npy here")
+    r.add_argument("--runs", type=int, default=1, help="run N times, report the best time")
+    run_opts(r)
+    r.set_defaults(fn=cmd_run)
+
+    d = sub.add_parser("demo", help="convert and run the tiny synthetic SD UNet shipped with the package")
+    d.add_argument("--model", help="another .onnx to use instead (inputs must match the demo's)")
+    d.add_argument("--out-dir", help="where to write the converted model (default: a temp dir)")
+    d.add_argument("--seed", type=int, default=0)
+    run_opts(d)
+    d.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None) and "numpy" not in sys.modules:
+        # OpenBLAS reads this once, when numpy is first imported.
+        os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)
+    from .errors import EngineError, GraphFormatError, WeightsError
+    try:
+        return args.fn(args)
+    except (EngineError, GraphFormatError, WeightsError, OSError, ValueError) as e:
+        print(f"onnxstream {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
