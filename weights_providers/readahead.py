@@ -94,9 +94,13 @@ class ReadAhead:
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until the thread has read all it may (budget full or plan done); for tests."""
+        def idle():
+            thread = self._thread
+            return (self._closed or thread is None or not thread.is_alive()
+                    or (self._inflight is None and self._next_job() is None))
+
         with self._cond:
-            return self._cond.wait_for(
-                lambda: self._closed or (self._inflight is None and self._next_job() is None), timeout)
+            return self._cond.wait_for(idle, timeout)
 
     # --- consumer side -------------------------------------------------------------------
 

@@ -95,7 +95,8 @@ class TensorFile:
         raw = buf.reshape(-1).view(np.uint8)
         # One positioned read per run of consecutive row numbers.
         cuts = np.flatnonzero(np.diff(uniq) != 1) + 1
-        for start, stop in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(uniq)]))):
+        runs = zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(uniq)]))) if len(uniq) else ()
+        for start, stop in runs:
             dest = raw[start * row_bytes:stop * row_bytes]
             offset = entry.offset + int(uniq[start]) * row_bytes
             if self._pread(entry, dest, offset) != len(dest):
