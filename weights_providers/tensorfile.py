@@ -136,7 +136,7 @@ class TensorFile:
                 # preadv may return less than asked (Linux caps one call near 2 GiB).
                 if hasattr(os, "preadv"):
                     n = os.preadv(fd, [view[got:]], offset + got)
-                else:  # pragma: no cover - platforms without preadv (Windows)
+                else:  # platforms without preadv: one copy
                     data = os.pread(fd, len(view) - got, offset + got)
                     n = len(data)
                     view[got:got + n] = data
