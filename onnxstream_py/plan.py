@@ -165,7 +165,7 @@ def build_plan(graph: Graph, options: RunOptions) -> Plan:
             if o and o not in last_use and o not in keep:
                 produced_unused.setdefault(i, []).append(o)   # optional outputs nobody reads
     for i, step in enumerate(steps):
-        step.free_after = tuple(dead_at.get(i, ()) + produced_unused.get(i, []))
+        step.free_after = tuple(dead_at.get(i, []) + produced_unused.get(i, []))
 
     order = [step.node.inputs[j] for step in steps for j in sorted(step.weight_inputs)
              if not (step.row_gather and j == 0)]
