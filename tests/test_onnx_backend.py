@@ -13,7 +13,9 @@ import pathlib
 import warnings
 
 import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
 
 from onnxstream_py import ops
 from onnxstream_py.dtypes import ONNX_TO_NUMPY
@@ -82,13 +84,21 @@ def test_exclusions_under_five_percent():
         f"{len(excluded)} of {len(names)} claimed backend cases excluded (cap 5 %)")
 
 
+def _array(x):
+    """Some cases store their data as TensorProto rather than ndarray."""
+    if isinstance(x, onnx.TensorProto):
+        return numpy_helper.to_array(x)
+    return x
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_backend_node(case):
     if case.name in EXCLUDED:
         pytest.xfail(EXCLUDED[case.name])
     graph = case.model.graph
     for inputs, expected in case.data_sets:
-        feeds = {i.name: x for i, x in zip(graph.input, inputs)}
+        feeds = {i.name: _array(x) for i, x in zip(graph.input, inputs)}
+        expected = [_array(e) for e in expected]
         got = run_model(case.model, feeds)
         assert len(got) == len(expected)
         for out, g, e in zip(graph.output, got, expected):
