@@ -19,11 +19,15 @@ Usage:
 """
 import argparse
 import json
+import os
 import resource
 import sys
 import time
 
 import numpy as np
+
+# Run as a script from scripts/: make the repo's onnxstream_py importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def load_ort(path, threads, provider):

@@ -295,6 +295,11 @@ def main(argv=None):
         args.latent_size = unet_feed.get("shape", [1, 4, 64, 64])[-1]
 
     env = child_env(args.threads)
+    load1 = os.getloadavg()[0]
+    if load1 > (os.cpu_count() or 1) - args.threads + 0.5:
+        # Timings (OpenBLAS spin-waits especially) degrade badly on a busy machine.
+        print(f"[bench] warning: load average {load1:.1f} on {os.cpu_count()} CPUs; "
+              f"s/run figures will be inflated", flush=True)
     rows = []
     for name in names:
         rows.extend(bench_model(name, args, env, vocab_size))
@@ -304,7 +309,8 @@ def main(argv=None):
     if args.out_json:
         with open(args.out_json, "w") as f:
             json.dump(dict(models_dir=args.models_dir, runs=args.runs, threads=args.threads,
-                           latent_size=args.latent_size, rows=rows), f, indent=2)
+                           latent_size=args.latent_size, load_average=os.getloadavg(),
+                           rows=rows), f, indent=2)
     bad = [r for r in rows if not r.get("ok") or r.get("rel_err", 0) > REL_ERR_BAR]
     return 1 if bad else 0
 

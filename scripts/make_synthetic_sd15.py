@@ -263,6 +263,7 @@ def resave_external(target, out_path):
     onnx.save_model(proto, out_path, save_as_external_data=True,
                     all_tensors_to_one_file=True, location="model.onnx_data",
                     size_threshold=1024)
+    os.chmod(os.path.join(os.path.dirname(out_path), "model.onnx_data"), 0o644)
     del proto
     shutil.rmtree(os.path.dirname(target))
 
