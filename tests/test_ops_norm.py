@@ -186,6 +186,48 @@ def test_meanvariancenormalization(axes):
     _compare(_model([node], {"x": x}, ["y"], 13), {"x": x})
 
 
+# --------------------------------------------------------------------------- block tiling
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_tiny_blocks_match_float64(monkeypatch, dtype):
+    # Blocks of 7 elements split rows and columns with ragged tails: the tiled statistics
+    # and the tiled affine pass must agree with a plain float64 computation.
+    from onnxstream_py.ops import norm
+    monkeypatch.setattr(norm, "_BLOCK", 7)
+    x = _act((2, 6, 5, 3), dtype, offset=4.0)
+    s, b = _act((6,)), _act((6,))
+    x64 = x.astype(np.float64)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=2e-3, atol=2e-3)
+
+    xg = x64.reshape(2, 3, -1)
+    want = ((xg - xg.mean(-1, keepdims=True)) / np.sqrt(xg.var(-1, keepdims=True) + 1e-5)).reshape(x.shape)
+    want = want * s[:, None, None] + b[:, None, None]
+    got = ops.lookup("GroupNormalization", 21).fn(x, s, b, num_groups=3)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got.astype(np.float64), want, **tol)
+
+    w = _act((5, 3))
+    xl = x64.reshape(12, 15)
+    mean, var = xl.mean(1, keepdims=True), xl.var(1, keepdims=True)
+    want = ((xl - mean) / np.sqrt(var + 1e-5)).reshape(x.shape) * w
+    y, m, inv = ops.lookup("LayerNormalization", 17).fn(x, w, axis=2)
+    np.testing.assert_allclose(y.astype(np.float64), want, **tol)
+    np.testing.assert_allclose(m.reshape(-1), mean.reshape(-1), rtol=1e-5)
+    np.testing.assert_allclose(inv.reshape(-1), 1 / np.sqrt(var.reshape(-1) + 1e-5), rtol=1e-5)
+
+    want = (xl / np.sqrt((xl ** 2).mean(1, keepdims=True) + 1e-5)).reshape(x.shape) * w
+    got = ops.lookup("RMSNormalization", 23).fn(x, w, axis=2)
+    np.testing.assert_allclose(got.astype(np.float64), want, **tol)
+
+
+def test_strided_input():
+    x = _act((2, 8, 6, 10))[:, :, :, ::2]
+    s, b = _act((8,)), _act((8,))
+    got = ops.lookup("InstanceNormalization", 17).fn(x, s, b)
+    xc = x.astype(np.float64)
+    want = (xc - xc.mean((2, 3), keepdims=True)) / np.sqrt(xc.var((2, 3), keepdims=True) + 1e-5)
+    np.testing.assert_allclose(got, want * s[:, None, None] + b[:, None, None], rtol=1e-5, atol=1e-5)
+
+
 # --------------------------------------------------------------------------- memory
 @pytest.mark.parametrize("which", ["GroupNormalization", "InstanceNormalization"])
 def test_large_norm_allocates_about_one_output(which):

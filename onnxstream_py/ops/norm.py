@@ -29,7 +29,8 @@ def _float_input(op_name: str, x: np.ndarray) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype.kind != "f":
         raise TypeError(f"{op_name}: input X must be float16/float32/float64, got {x.dtype} {x.shape}")
-    return x
+    # One copy up front for strided inputs, rather than one per matrix view taken later.
+    return np.ascontiguousarray(x)
 
 
 def _compute_dtype(x_dtype: np.dtype, stash_type: int = 1) -> np.dtype:
@@ -44,6 +45,8 @@ def _compute_dtype(x_dtype: np.dtype, stash_type: int = 1) -> np.dtype:
 
 def _blocks(rows: int, cols: int):
     """Yield (r0, r1, c0, c1) tiles of a [rows, cols] matrix, each at most _BLOCK elements."""
+    if rows == 0 or cols == 0:
+        return
     cb = min(cols, _BLOCK)
     rb = max(1, _BLOCK // max(cb, 1))
     for r0 in range(0, rows, rb):
