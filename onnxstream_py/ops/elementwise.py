@@ -10,6 +10,7 @@ Reference: https://onnx.ai/onnx/operators/ (one section per op).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -29,6 +30,16 @@ def _work_dtype(dtype: np.dtype) -> np.dtype:
 def _out(res, dtype) -> np.ndarray:
     """ufuncs return numpy scalars for 0-d inputs; ONNX wants an ndarray of ``dtype``."""
     return np.asarray(res, dtype=dtype)
+
+
+def _lift_0d(fn):
+    """numpy returns scalars for 0-d results, which breaks ``out=`` chains: run 0-d x as (1,)."""
+    @functools.wraps(fn)
+    def wrapper(x, *args, **kwargs):
+        if x.ndim == 0:
+            return fn(x.reshape(1), *args, **kwargs).reshape(())
+        return fn(x, *args, **kwargs)
+    return wrapper
 
 
 def _require_float(name: str, x: np.ndarray) -> None:
@@ -176,6 +187,7 @@ def _erf(x: np.ndarray) -> np.ndarray:
 
 
 @op("Erf", since=9)
+@_lift_0d
 def Erf(x):
     _require_float("Erf", x)
     with np.errstate(all="ignore"):
@@ -196,6 +208,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 @op("Sigmoid", since=1)
+@_lift_0d
 def Sigmoid(x, consumed_inputs=None):
     _require_float("Sigmoid", x)
     with np.errstate(all="ignore"):
@@ -208,6 +221,7 @@ def Relu(x, consumed_inputs=None):
 
 
 @op("LeakyRelu", since=1)
+@_lift_0d
 def LeakyRelu(x, alpha=0.01, consumed_inputs=None):
     out = _out(np.multiply(x, alpha), x.dtype)
     np.copyto(out, x, where=x >= 0)
@@ -230,6 +244,7 @@ def PRelu1(x, slope, consumed_inputs=None):
 
 
 @op("PRelu", since=7)
+@_lift_0d
 def PRelu7(x, slope):
     """Opset 7+: slope broadcasts to x (unidirectional numpy broadcasting)."""
     try:
@@ -244,6 +259,7 @@ def PRelu7(x, slope):
 
 
 @op("Elu", since=1)
+@_lift_0d
 def Elu(x, alpha=1.0, consumed_inputs=None):
     with np.errstate(all="ignore"):
         out = np.minimum(x, x.dtype.type(0))
@@ -254,6 +270,7 @@ def Elu(x, alpha=1.0, consumed_inputs=None):
 
 
 @op("Selu", since=1)
+@_lift_0d
 def Selu(x, alpha=1.67326319217681884765625, gamma=1.05070102214813232421875, consumed_inputs=None):
     with np.errstate(all="ignore"):
         out = np.minimum(x, x.dtype.type(0))
@@ -265,6 +282,7 @@ def Selu(x, alpha=1.67326319217681884765625, gamma=1.05070102214813232421875, co
 
 
 @op("Celu", since=12)
+@_lift_0d
 def Celu(x, alpha=1.0):
     # max(0, x) + min(0, alpha * (exp(x / alpha) - 1)); the second term is 0 for x >= 0
     with np.errstate(all="ignore"):
@@ -278,6 +296,7 @@ def Celu(x, alpha=1.0):
 
 
 @op("HardSigmoid", since=1)
+@_lift_0d
 def HardSigmoid(x, alpha=0.2, beta=0.5, consumed_inputs=None):
     out = np.multiply(x, x.dtype.type(alpha))
     out += x.dtype.type(beta)
@@ -300,6 +319,7 @@ def Softplus(x):
 
 
 @op("Softsign", since=1)
+@_lift_0d
 def Softsign(x):
     out = np.abs(x)
     out += 1
@@ -308,6 +328,7 @@ def Softsign(x):
 
 
 @op("Mish", since=18)
+@_lift_0d
 def Mish(x):
     # x * tanh(softplus(x))
     with np.errstate(all="ignore"):
@@ -319,6 +340,7 @@ def Mish(x):
 
 
 @op("Gelu", since=20)
+@_lift_0d
 def Gelu(x, approximate="none"):
     _require_float("Gelu", x)
     with np.errstate(all="ignore"):

@@ -33,16 +33,21 @@ def _norm_axes(name: str, x: np.ndarray, axes, noop_with_empty_axes: int):
 
 
 def _reduce(name: str, kernel, x: np.ndarray, axes, keepdims: int, noop_with_empty_axes: int = 0):
-    """Shared body: resolve axes, then ``kernel(x, axis, keepdims)`` -> result of x's dtype."""
+    """Shared body: resolve axes, then ``kernel(x, axis, keepdims=True)``, cast to x's dtype."""
     ax = _norm_axes(name, x, axes, noop_with_empty_axes)
     if ax == "noop":
         return np.array(x, copy=True)
+    if x.ndim == 0:  # kernels chain out= on their results, which numpy would make scalars
+        return _reduce(name, kernel, x.reshape(1), None, 0).reshape(())
     with np.errstate(all="ignore"):
-        res = kernel(x, ax, bool(keepdims))
+        res = kernel(x, ax, True)  # keepdims=True: always an ndarray, never a numpy scalar
+    if not keepdims:
+        res = res.reshape([n for i, n in enumerate(x.shape) if ax is not None and i not in ax])
     return np.asarray(res, dtype=x.dtype)
 
 
-# ---- kernels: (x, axis, keepdims) -> array; empty reductions give the ONNX identity value
+# ---- kernels: (x, axis, keepdims) -> array; empty reductions give the ONNX identity value.
+# _reduce always passes keepdims=True so kernels can work in place on their results.
 
 def _k_sum(x, axis, keepdims):
     return np.sum(x, axis=axis, keepdims=keepdims, dtype=_work_dtype(x.dtype))
@@ -104,7 +109,7 @@ def _k_log_sum_exp(x, axis, keepdims):
     np.exp(w, out=w)
     s = np.sum(w, axis=axis, keepdims=keepdims)
     np.log(s, out=s)
-    s += m if keepdims else m.reshape(s.shape)
+    s += m
     return s
 
 
