@@ -112,16 +112,17 @@ def Flatten(input, axis=1):
 
 def _squeeze(x: np.ndarray, axes: list[int]) -> np.ndarray:
     # Reference: https://onnx.ai/onnx/operators/onnx__Squeeze.html
+    shape = list(x.shape)
     if not axes:
-        return x.reshape([d for d in x.shape if d != 1])
-    r = x.ndim
-    drop = set()
-    for a in axes:
-        a = _axis("Squeeze", a, r)
-        if x.shape[a] != 1:
-            raise ValueError(f"Squeeze: axis {a} of input shape {x.shape} is not 1")
-        drop.add(a)
-    return x.reshape([d for i, d in enumerate(x.shape) if i not in drop])
+        return x.reshape([d for d in shape if d != 1])
+    r = len(shape)
+    for a in sorted((a + r if a < 0 else a for a in axes), reverse=True):
+        if not 0 <= a < r or shape[a] != 1:
+            raise ValueError(f"Squeeze: axes {axes} must name dims of size 1 in input shape {x.shape}")
+        del shape[a]
+    if len(shape) != r - len(axes):
+        raise ValueError(f"Squeeze: repeated axes {axes}")
+    return x.reshape(shape)
 
 
 @op("Squeeze", since=1)
@@ -138,9 +139,9 @@ def _unsqueeze(x: np.ndarray, axes: list[int]) -> np.ndarray:
     # Reference: https://onnx.ai/onnx/operators/onnx__Unsqueeze.html
     # Axes index the output (rank r + len(axes)); negative axes count from its end.
     out_rank = x.ndim + len(axes)
-    norm = sorted(_axis("Unsqueeze", a, out_rank) for a in axes)
-    if len(set(norm)) != len(norm):
-        raise ValueError(f"Unsqueeze: repeated axes {axes}")
+    norm = sorted(a + out_rank if a < 0 else a for a in axes)
+    if norm and (norm[0] < 0 or norm[-1] >= out_rank or len(set(norm)) != len(norm)):
+        raise ValueError(f"Unsqueeze: invalid axes {axes} for output rank {out_rank}")
     shape = list(x.shape)
     for a in norm:
         shape.insert(a, 1)
@@ -228,31 +229,32 @@ def _slice(x: np.ndarray, starts: list[int], ends: list[int], axes: list[int] | 
     # Reference: https://onnx.ai/onnx/operators/onnx__Slice.html
     # Negative start/end count from the end; then start is clamped to [0, dim] (step > 0)
     # or [0, dim-1] (step < 0), end to [0, dim] or [-1, dim-1]; INT64 sentinels clamp too.
-    r = x.ndim
+    shape = x.shape
+    r = len(shape)
     if len(starts) != len(ends):
         raise ValueError(f"Slice: starts {starts} and ends {ends} differ in length")
     if not axes:
-        axes = list(range(len(starts)))
+        axes = range(len(starts))
     if not steps:
-        steps = [1] * len(starts)
+        steps = (1,) * len(starts)
     index = [slice(None)] * r
     for start, end, a, step in zip(starts, ends, axes, steps):
-        a = _axis("Slice", a, r)
-        dim = x.shape[a]
-        if step == 0:
-            raise ValueError("Slice: step must not be 0")
+        if a < 0:
+            a += r
+        if not 0 <= a < r:
+            raise ValueError(f"Slice: axis in {list(axes)} out of range for input shape {shape}")
+        dim = shape[a]
         if start < 0:
             start += dim
         if end < 0:
             end += dim
         if step > 0:
-            start = min(max(start, 0), dim)
-            end = min(max(end, 0), dim)
-            index[a] = slice(start, end, step)
-        else:
-            start = min(max(start, 0), dim - 1)
+            index[a] = slice(min(max(start, 0), dim), min(max(end, 0), dim), step)
+        elif step < 0:
             end = min(max(end, -1), dim - 1)
-            index[a] = slice(start, None if end < 0 else end, step)
+            index[a] = slice(min(max(start, 0), dim - 1), None if end < 0 else end, step)
+        else:
+            raise ValueError("Slice: step must not be 0")
     return x[tuple(index)]
 
 
@@ -274,12 +276,18 @@ def Expand(input, shape):
     # Materialised: a zero-stride broadcast view would be read-only and surprise any
     # consumer that assumes contiguous memory; Expand outputs are small in practice.
     target = _ints(shape)
-    try:
-        out_shape = np.broadcast_shapes(input.shape, tuple(target))
-    except ValueError:
-        raise ValueError(f"Expand: input shape {input.shape} does not broadcast with "
-                         f"shape {target}") from None
-    if out_shape == input.shape:
+    # Broadcast shape by hand: np.broadcast_shapes costs more than the copy for small inputs.
+    src = input.shape
+    n = max(len(src), len(target))
+    a = (1,) * (n - len(src)) + src
+    b = (1,) * (n - len(target)) + tuple(target)
+    out_shape = []
+    for da, db in zip(a, b):
+        if da != db and da != 1 and db != 1:
+            raise ValueError(f"Expand: input shape {src} does not broadcast with shape {target}")
+        out_shape.append(db if da == 1 else da)
+    out_shape = tuple(out_shape)
+    if out_shape == src:
         return input
     out = np.empty(out_shape, dtype=input.dtype)
     np.copyto(out, input)
@@ -413,10 +421,11 @@ def ConstantOfShape(input, value=None):
     shape = _ints(input)
     if value is None:
         return np.zeros(shape, dtype=np.float32)
-    value = np.asarray(value)
     if value.size != 1:
         raise ValueError(f"ConstantOfShape: value must have one element, got shape {value.shape}")
-    return np.full(shape, value.reshape(-1)[0], dtype=value.dtype)
+    out = np.empty(shape, dtype=value.dtype)
+    out.fill(value.reshape(()))
+    return out
 
 
 def _range(start, limit, delta) -> np.ndarray:
