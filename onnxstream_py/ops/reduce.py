@@ -36,7 +36,9 @@ def _reduce(name: str, kernel, x: np.ndarray, axes, keepdims: int, noop_with_emp
     """Shared body: resolve axes, then ``kernel(x, axis, keepdims=True)``, cast to x's dtype."""
     ax = _norm_axes(name, x, axes, noop_with_empty_axes)
     if ax == "noop":
-        return np.array(x, copy=True)
+        # Reduce over the empty axis set: each element is its own set, so ReduceL1 gives
+        # |x|, ReduceSumSquare x^2, ReduceLogSum log(x) (as onnxruntime does), the rest x.
+        ax = ()
     if x.ndim == 0:  # kernels chain out= on their results, which numpy would make scalars
         return _reduce(name, kernel, x.reshape(1), None, 0).reshape(())
     with np.errstate(all="ignore"):
