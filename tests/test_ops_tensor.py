@@ -218,6 +218,12 @@ def test_pad_axes_and_wrap():
     _check("Pad", {"x": x}, consts, order=["x", "p", "", "a"], opset=19, mode="wrap")
 
 
+@pytest.mark.parametrize("mode", ["reflect", "edge", "wrap"])
+def test_pad_crop_and_pad_same_axis(mode):
+    # Cropping happens before the non-constant modes read their borders.
+    _check("Pad", {"x": _arr((3, 13, 19))}, {"p": _i64(0, -2, 3, 0, 4, -5)}, opset=19, mode=mode)
+
+
 def test_pad_old_opsets():
     x = _arr((1, 3, 13, 19))
     _check("Pad", {"x": x}, opset=10, pads=[0, 0, 1, 2, 0, 0, 2, 1], mode="reflect")
