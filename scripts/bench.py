@@ -191,9 +191,11 @@ def bench_model(name, args, env, vocab_size):
 
     rows = []
     ref_out = os.path.join(work, "out_ort.npz")
+    ort_ok = False
     if "ort" in args.engines:
         print(f"[{name}] onnxruntime ...", flush=True)
         rows.append(run_child("ort", model_path, inputs, ref_out, args, env))
+        ort_ok = rows[-1]["ok"]
 
     if "onnxstream" in args.engines:
         converted = os.path.join(work, "converted")
@@ -209,7 +211,7 @@ def bench_model(name, args, env, vocab_size):
             print(f"[{name}] onnxstream_py ({provider}) ...", flush=True)
             out = os.path.join(work, f"out_onnxstream_{provider}.npz")
             row = run_child("onnxstream", converted, inputs, out, args, env, provider)
-            if row["ok"] and os.path.exists(ref_out) and rows[0].get("ok"):
+            if row["ok"] and ort_ok:
                 row["max_abs_err"], row["rel_err"], notes = compare(out, ref_out)
                 if notes:
                     row["compare_notes"] = notes
