@@ -140,11 +140,38 @@ def test_attention_is_fused_and_sliced(tmp_path, scale_op, mask, slices):
 
 
 def test_attention_slices_bound_scores_memory():
-    from onnxstream_py.ops.attention import rows_per_slice
-    # SD 1.5 UNet at 512x512: 8 heads x 4096 queries x 4096 keys.
-    rows = rows_per_slice(8, 4096, 4096, 4, 0, 16 << 20)
-    assert rows * 8 * 4096 * 4 <= 16 << 20
-    assert rows_per_slice(8, 4096, 4096, 4, 4, 16 << 20) == 1024
+    import tracemalloc
+    from onnxstream_py.ops.attention import SlicedAttention, rows_per_slice
+    # SD 1.5 UNet at 512x512 has 8 heads x 4096 queries x 4096 keys: 512 MiB of scores.
+    assert rows_per_slice(1, 4096, 4096, 4, 0, 16 << 20) * 4096 * 4 <= 16 << 20
+    assert rows_per_slice(1, 4096, 4096, 4, 4, 16 << 20) == 1024
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, 4, 1024, 16)).astype(np.float32) for _ in range(3))
+    kt = k.transpose(0, 1, 3, 2)
+    budget = 1 << 20                                   # full scores would be 16 MiB
+    tracemalloc.start()
+    out = SlicedAttention(q, kt, v, slice_bytes=budget)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak <= out.nbytes + 3 * budget, (peak, out.nbytes)
+    s = np.matmul(q, kt)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    np.testing.assert_allclose(out, (p / p.sum(-1, keepdims=True)) @ v, rtol=1e-4, atol=1e-5)
+
+
+def test_sliced_attention_broadcasts_heads_and_masks():
+    from onnxstream_py.ops.attention import SlicedAttention
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((2, 4, 19, 8)).astype(np.float32)
+    kt = rng.standard_normal((2, 1, 8, 13)).astype(np.float32)       # one K/V head shared (GQA-like)
+    v = rng.standard_normal((2, 1, 13, 8)).astype(np.float32)
+    for mask in (rng.standard_normal((19, 13)).astype(np.float32),
+                 rng.standard_normal((2, 1, 1, 13)).astype(np.float32)):
+        s = np.matmul(q, kt) / np.float32(3.0) + mask
+        p = np.exp(s - s.max(-1, keepdims=True))
+        ref = (p / p.sum(-1, keepdims=True)) @ v
+        got = SlicedAttention(q, kt, v, np.array(3.0, np.float32), mask, scale_op="div", slices=4)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_gather_from_weight_reads_only_rows(tmp_path):
