@@ -26,9 +26,14 @@ import numpy as np
 from .registry import op
 
 # Upper bound, in bytes, of each scratch buffer (im2col tile, padded input rows, fp32 output
-# tile, cast weight block). Tuned with scripts/bench_ops.py on 2 cores: bigger tiles do not
-# make OpenBLAS faster, smaller ones start to cost Python overhead.
-CHUNK_BYTES = 8 << 20
+# tile). Tuned with scripts/bench_ops.py on 2 cores: OpenBLAS pays a per-call threading cost,
+# so 8 MiB tiles (matmul N ~ 700 columns for 320-channel 3x3 convs) ran 1.5-3x slower than
+# 16 MiB ones; 32 MiB gains a little more but doubles the scratch.
+CHUNK_BYTES = 16 << 20
+# Upper bound of the float32 copy of a block of output channels of a weight stored in another
+# dtype (fp16 weights, fp32 activations). Larger than CHUNK_BYTES because OpenBLAS is slow on
+# short, wide blocks (a [182, 23040] @ [23040, 64] block runs at half the speed of the whole).
+WEIGHT_BLOCK_BYTES = 32 << 20
 
 
 # ---------------------------------------------------------------- geometry helpers
@@ -133,7 +138,7 @@ def _matmul_into(w2d: np.ndarray, cols: np.ndarray, bias, dst: np.ndarray, scrat
     step = cdt.itemsize
     block = co
     if w2d.dtype != cdt:
-        block = min(block, max(1, CHUNK_BYTES // (kdim * step)))
+        block = min(block, max(1, WEIGHT_BLOCK_BYTES // (kdim * step)))
     if dst.dtype != cdt:
         block = min(block, max(1, CHUNK_BYTES // (p * step)))
     for c0 in range(0, co, block):
@@ -190,8 +195,9 @@ def _conv_gemm(x, w, b, strides, pads, dilations, groups, out, cdt, scratch):
     cig, cog = cin // groups, cout // groups
     kdim = cig * math.prod(kernel)
     row_cols = kdim * math.prod(out_sp[1:])
-    pointwise = (all(k == 1 for k in kernel) and all(s == 1 for s in strides) and not any(pads))
-    if pointwise and x.dtype == cdt:
+    pointwise = (all(k == 1 for k in kernel) and all(s == 1 for s in strides) and not any(pads)
+                 and x.dtype == cdt and x.flags.c_contiguous)
+    if pointwise:
         rows = out_sp[0]  # x itself is the im2col matrix: one matmul, no copy
     else:
         rows = max(1, CHUNK_BYTES // (row_cols * cdt.itemsize))
@@ -203,7 +209,7 @@ def _conv_gemm(x, w, b, strides, pads, dilations, groups, out, cdt, scratch):
             yg = out[n, g * cog:(g + 1) * cog]
             for r0 in range(0, out_sp[0], rows):
                 r1 = min(out_sp[0], r0 + rows)
-                if pointwise and x.dtype == cdt:
+                if pointwise:
                     cols = _flat2(xg[:, r0:r1])
                 else:
                     cols = _im2col_tile(xg, r0, r1, kernel, strides, pads, dilations, out_sp, cdt, scratch)
@@ -251,7 +257,8 @@ def conv_nd(x, w, b=None, strides=None, pads=None, dilations=None, groups=1, out
     b:  [Cout] or None
     strides, dilations: r ints (None = 1); pads: 2r ints [begin..., end...] (None = 0)
     out: optional preallocated [N, Cout, *O] array of x's dtype, written and returned; it may
-         be a view, e.g. ``y[:, c0:c1]`` of a bigger output.
+         be a view, e.g. ``y[:, c0:c1]`` of a bigger C-contiguous output (each channel's
+         spatial block must be contiguous).
     Weight slicing: ``conv_nd(x, w[c0:c1], b[c0:c1], ..., out=y[:, c0:c1])`` computes output
     channels c0:c1 (groups == 1); with groups > 1 pass whole groups of w, the matching input
     channels of x and the reduced group count.
