@@ -16,6 +16,7 @@ Only the engine under test is imported (onnxruntime or onnxstream_py).
 Usage:
     python scripts/_bench_child.py --engine ort|onnxstream --model PATH \
         --inputs IN.npz --outputs OUT.npz [--runs 1] [--threads 2] [--provider nocache]
+    python scripts/_bench_child.py --describe MODEL.onnx
 """
 import argparse
 import json
@@ -57,16 +58,45 @@ def load_onnxstream(path, threads, provider):
 LOADERS = {"ort": load_ort, "onnxstream": load_onnxstream}
 
 
+def describe(path):
+    """The model's real inputs as [[name, ONNX elem_type, dims]] (str for symbolic dims).
+
+    Done here, not in bench.py: parsing a model with embedded weights would grow
+    the parent, and a child exec'd from it starts with the parent's peak RSS as
+    its own ru_maxrss (Linux carries the pre-exec high-water mark over).
+    """
+    import onnx
+
+    m = onnx.load(path, load_external_data=False)
+    inits = {i.name for i in m.graph.initializer}
+    inputs = []
+    for i in m.graph.input:
+        if i.name in inits:
+            continue
+        tt = i.type.tensor_type
+        dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?")
+                for d in tt.shape.dim]
+        inputs.append([i.name, tt.elem_type, dims])
+    return inputs
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--engine", choices=sorted(LOADERS), required=True)
-    ap.add_argument("--model", required=True, help="model.onnx (ort) or converted dir (onnxstream)")
-    ap.add_argument("--inputs", required=True)
-    ap.add_argument("--outputs", required=True)
+    ap.add_argument("--describe", metavar="MODEL.onnx",
+                    help="only print the model's inputs as JSON and exit")
+    ap.add_argument("--engine", choices=sorted(LOADERS))
+    ap.add_argument("--model", help="model.onnx (ort) or converted dir (onnxstream)")
+    ap.add_argument("--inputs")
+    ap.add_argument("--outputs")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--provider", default="nocache")
     args = ap.parse_args(argv)
+    if args.describe:
+        print(json.dumps(describe(args.describe)))
+        return 0
+    if not (args.engine and args.model and args.inputs and args.outputs):
+        ap.error("--engine, --model, --inputs and --outputs are required")
 
     with np.load(args.inputs) as z:
         feeds = {k: z[k] for k in z.files}

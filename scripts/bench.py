@@ -25,6 +25,7 @@ Usage:
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -76,21 +77,16 @@ def run_measured(cmd, env, timeout=None):
     return p.returncode, out, err, secs, usage.ru_maxrss
 
 
-def graph_inputs(model_path):
-    """[(name, numpy dtype, dims with str for symbolic)] of the model's real inputs."""
-    import onnx
+def graph_inputs(model_path, env):
+    """[(name, numpy dtype, dims with str for symbolic)] of the model's real inputs.
 
-    m = onnx.load(model_path, load_external_data=False)
-    inits = {i.name for i in m.graph.initializer}
-    result = []
-    for i in m.graph.input:
-        if i.name in inits:
-            continue
-        tt = i.type.tensor_type
-        dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?")
-                for d in tt.shape.dim]
-        result.append((i.name, NP_DTYPES[tt.elem_type], dims))
-    return result
+    Parsed in a child so this process stays small (see _bench_child.describe).
+    """
+    cmd = [sys.executable, CHILD, "--describe", model_path]
+    rc, out, err, _, _ = run_measured(cmd, env)
+    if rc != 0:
+        raise RuntimeError(f"cannot read the inputs of {model_path}:\n{tail(err)}")
+    return [(name, NP_DTYPES[et], dims) for name, et, dims in json.loads(out)]
 
 
 def prompt_like_ids(shape, vocab_size, rng):
@@ -104,13 +100,13 @@ def prompt_like_ids(shape, vocab_size, rng):
     return ids
 
 
-def make_feeds(model_path, vocab_size, latent_size, seed):
+def make_feeds(model_path, env, vocab_size, latent_size, seed):
     """Seeded feeds for the model's inputs: ids, timestep 999, else ~N(0,1)."""
     rng = np.random.default_rng(seed)
     sizes = {"batch": 1, "batch_size": 1, "sequence": 77, "sequence_length": 77,
              "height": latent_size, "width": latent_size}
     feeds = {}
-    for name, dtype, dims in graph_inputs(model_path):
+    for name, dtype, dims in graph_inputs(model_path, env):
         shape = []
         for axis, d in enumerate(dims):
             if isinstance(d, int) and d > 0:
@@ -183,7 +179,7 @@ def bench_model(name, args, env, vocab_size):
     model_path = os.path.join(args.models_dir, name, "model.onnx")
     work = os.path.join(args.work_dir, name)
     os.makedirs(work, exist_ok=True)
-    feeds = make_feeds(model_path, vocab_size, args.latent_size, args.seed)
+    feeds = make_feeds(model_path, env, vocab_size, args.latent_size, args.seed)
     inputs = os.path.join(work, "inputs.npz")
     np.savez(inputs, **feeds)
     print(f"[{name}] feeds " + ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in feeds.items()),
@@ -306,12 +302,17 @@ def main(argv=None):
     for name in names:
         rows.extend(bench_model(name, args, env, vocab_size))
 
+    # A child starts with this process's peak RSS as its ru_maxrss floor (see
+    # _bench_child.describe), so report it: RSS figures below it mean nothing.
+    floor_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print()
     print(table(rows))
+    print(f"RSS floor (this process's peak, inherited by each child): {floor_kib / 1024:.0f} MiB")
     if args.out_json:
         with open(args.out_json, "w") as f:
             json.dump(dict(models_dir=args.models_dir, runs=args.runs, threads=args.threads,
-                           latent_size=args.latent_size, load_average=os.getloadavg(),
+                           latent_size=args.latent_size, rss_floor_kib=floor_kib,
+                           load_average=os.getloadavg(),
                            rows=rows), f, indent=2)
     bad = [r for r in rows if not r.get("ok") or r.get("rel_err", 0) > REL_ERR_BAR]
     return 1 if bad else 0
