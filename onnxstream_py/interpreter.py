@@ -33,6 +33,27 @@ def debug_level() -> int:
         return 0
 
 
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only view: feeds, consts and weights are never written, nor is any view of them."""
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+def _donation(step: Step, args: list, env: dict) -> np.ndarray | None:
+    """The largest dying input buffer the op may overwrite: writeable, shared with nothing live."""
+    best = None
+    for j in step.donors:
+        a = args[j]
+        if not isinstance(a, np.ndarray) or not a.flags.writeable or (best is not None and a.size <= best.size):
+            continue
+        name = step.node.inputs[j]
+        if any(n != name and np.may_share_memory(a, other) for n, other in env.items()):
+            continue
+        best = a
+    return best
+
+
 def _describe(a) -> str:
     if a is None:
         return "-"
@@ -42,6 +63,8 @@ def _describe(a) -> str:
 
 class Interpreter:
     def __init__(self, graph: Graph, plan: Plan, provider):
+        for a in graph.consts.values():
+            a.flags.writeable = False
         self.graph = graph
         self.plan = plan
         self.provider = provider
@@ -51,7 +74,7 @@ class Interpreter:
         a = self.provider.get(name)
         if a.dtype != decl.dtype:
             a = a.astype(decl.dtype)       # --fp16 storage: widen per op
-        return a
+        return _read_only(a)
 
     def _gather_rows(self, step: Step, table_name: str, indices: np.ndarray) -> list:
         """Gather from a weight table reading only the rows the indices touch."""
@@ -71,7 +94,7 @@ class Interpreter:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         graph, provider = self.graph, self.provider
-        env: dict[str, np.ndarray] = dict(feeds)
+        env: dict[str, np.ndarray] = {k: _read_only(v) for k, v in feeds.items()}
         consts = graph.consts
         level = debug_level()
         total = len(self.plan.steps)
@@ -90,8 +113,13 @@ class Interpreter:
                     args.append(consts[name])
             if step.row_gather:
                 args[0], args[1] = self._gather_rows(step, node.inputs[0], args[1])
+            kwargs = step.kwargs
+            if step.donors:
+                buf = _donation(step, args, env)
+                if buf is not None:
+                    kwargs = dict(kwargs, _out=buf)
             try:
-                result = step.impl.fn(*args, **step.kwargs)
+                result = step.impl.fn(*args, **kwargs)
             except Exception as e:
                 shapes = ", ".join(_describe(a) for a in args)
                 raise OpError(f"node {node.name!r} ({node.op_type}) failed on inputs ({shapes}): "

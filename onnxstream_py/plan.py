@@ -2,7 +2,8 @@
 
 Computed here, once per model, and nowhere else: each node's op implementation (every
 unsupported op reported together), fusions (attention -> SlicedAttention), when each
-intermediate dies (it is freed right after its last consumer), which inputs are weights
+intermediate dies (it is freed right after its last consumer), which dying inputs an
+elementwise op may overwrite in place, which inputs are weights
 (fetched just before their op and released right after), and the order in which weights
 will be requested, handed to the WeightsProvider for read-ahead.
 """
@@ -25,6 +26,7 @@ class Step:
     weight_inputs: frozenset[int]         # positions of inputs that are weights
     row_gather: bool = False              # Gather rows of a weight table: fetch only those rows
     free_after: tuple[str, ...] = ()      # intermediates whose last use is this step
+    donors: tuple[int, ...] = ()          # inputs dying here whose buffer the op may write into
 
 
 @dataclass
@@ -164,8 +166,13 @@ def build_plan(graph: Graph, options: RunOptions) -> Plan:
         for o in step.node.outputs:
             if o and o not in last_use and o not in keep:
                 produced_unused.setdefault(i, []).append(o)   # optional outputs nobody reads
+    fed = {v.name for v in graph.inputs}
     for i, step in enumerate(steps):
         step.free_after = tuple(dead_at.get(i, []) + produced_unused.get(i, []))
+        if step.impl.wants_out:
+            dying = set(dead_at.get(i, ())) - fed
+            names = step.node.inputs
+            step.donors = tuple(j for j, n in enumerate(names) if n in dying and names.count(n) == 1)
 
     order = [step.node.inputs[j] for step in steps for j in sorted(step.weight_inputs)
              if not (step.row_gather and j == 0)]

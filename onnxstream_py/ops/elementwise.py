@@ -27,9 +27,31 @@ def _work_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
 
 
-def _out(res, dtype) -> np.ndarray:
+def _asarray(res, dtype) -> np.ndarray:
     """ufuncs return numpy scalars for 0-d inputs; ONNX wants an ndarray of ``dtype``."""
     return np.asarray(res, dtype=dtype)
+
+
+def _fits(buf, shape, dtype) -> bool:
+    """Whether a donated buffer (see registry: ``_out``) can hold a result of shape/dtype."""
+    return buf is not None and buf.shape == tuple(shape) and buf.dtype == dtype and buf.ndim > 0
+
+
+_BLOCK = 1 << 15   # elements per block for composite formulas: their passes stay in cache
+
+
+def _blockwise(fn, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """out = fn(x) evaluated block by block (temporaries of one block only); out may be x."""
+    if not _fits(out, x.shape, x.dtype):
+        out = np.empty(x.shape, dtype=x.dtype)
+    if x.size <= _BLOCK:
+        out[...] = fn(x)
+        return out
+    xf = np.ascontiguousarray(x).reshape(-1)
+    of = out.reshape(-1)
+    for i in range(0, xf.size, _BLOCK):
+        of[i:i + _BLOCK] = fn(xf[i:i + _BLOCK])
+    return out
 
 
 def _lift_0d(fn):
@@ -91,9 +113,11 @@ _MATH_UNARY = {
 
 
 def _make_math_unary(name: str, ufunc):
-    def impl(x, consumed_inputs=None):  # consumed_inputs: ignored opset-1 legacy attribute
+    def impl(x, consumed_inputs=None, *, _out=None):  # consumed_inputs: ignored opset-1 legacy attribute
         with np.errstate(all="ignore"):
-            return _out(ufunc(x), x.dtype)
+            if _fits(_out, x.shape, x.dtype):
+                return ufunc(x, out=_out)
+            return np.asarray(ufunc(x), dtype=x.dtype)
     impl.__name__ = impl.__qualname__ = name
     impl.__doc__ = f"ONNX {name}: elementwise ``np.{ufunc.__name__}``. Reference: onnx {name}."
     return impl
@@ -105,22 +129,22 @@ for _name, (_ufunc, _since) in _MATH_UNARY.items():
 
 @op("Not", since=1)
 def Not(x):
-    return _out(np.logical_not(x), np.bool_)
+    return _asarray(np.logical_not(x), np.bool_)
 
 
 @op("IsNaN", since=9)
 def IsNaN(x):
-    return _out(np.isnan(x), np.bool_)
+    return _asarray(np.isnan(x), np.bool_)
 
 
 @op("IsInf", since=10)
 def IsInf(x, detect_negative=1, detect_positive=1):
     if detect_negative and detect_positive:
-        return _out(np.isinf(x), np.bool_)
+        return _asarray(np.isinf(x), np.bool_)
     if detect_negative:
-        return _out(np.isneginf(x), np.bool_)
+        return _asarray(np.isneginf(x), np.bool_)
     if detect_positive:
-        return _out(np.isposinf(x), np.bool_)
+        return _asarray(np.isposinf(x), np.bool_)
     return np.zeros(x.shape, dtype=np.bool_)
 
 
@@ -206,10 +230,12 @@ def _erf_block(x: np.ndarray) -> np.ndarray:
 
 @op("Erf", since=9)
 @_lift_0d
-def Erf(x):
+def Erf(x, *, _out=None):
     _require_float("Erf", x)
     with np.errstate(all="ignore"):
-        return _out(_erf(x.astype(_work_dtype(x.dtype), copy=False)), x.dtype)
+        if x.dtype == np.float16:
+            return _asarray(_erf(x.astype(np.float32)), x.dtype)
+        return _blockwise(_erf_block, x, _out)
 
 
 # ---------------------------------------------------------------- activations
@@ -227,21 +253,25 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 @op("Sigmoid", since=1)
 @_lift_0d
-def Sigmoid(x, consumed_inputs=None):
+def Sigmoid(x, consumed_inputs=None, *, _out=None):
     _require_float("Sigmoid", x)
     with np.errstate(all="ignore"):
-        return _out(_sigmoid(x.astype(_work_dtype(x.dtype), copy=False)), x.dtype)
+        if x.dtype == np.float16:
+            return _asarray(_sigmoid(x.astype(np.float32)), x.dtype)
+        return _blockwise(_sigmoid, x, _out)
 
 
 @op("Relu", since=1)
-def Relu(x, consumed_inputs=None):
-    return _out(np.maximum(x, x.dtype.type(0)), x.dtype)
+def Relu(x, consumed_inputs=None, *, _out=None):
+    if _fits(_out, x.shape, x.dtype):
+        return np.maximum(x, x.dtype.type(0), out=_out)
+    return _asarray(np.maximum(x, x.dtype.type(0)), x.dtype)
 
 
 @op("LeakyRelu", since=1)
 @_lift_0d
 def LeakyRelu(x, alpha=0.01, consumed_inputs=None):
-    out = _out(np.multiply(x, alpha), x.dtype)
+    out = _asarray(np.multiply(x, alpha), x.dtype)
     np.copyto(out, x, where=x >= 0)
     return out
 
@@ -271,7 +301,7 @@ def PRelu7(x, slope):
         raise ValueError(f"PRelu: slope {slope.shape} does not broadcast to x {x.shape}") from None
     if out.shape != x.shape:
         raise ValueError(f"PRelu: slope {slope.shape} must broadcast to x {x.shape}, got {out.shape}")
-    out = _out(out, x.dtype)
+    out = _asarray(out, x.dtype)
     np.copyto(out, x, where=x >= 0)
     return out
 
@@ -284,7 +314,7 @@ def Elu(x, alpha=1.0, consumed_inputs=None):
         np.expm1(out, out=out)
         out *= x.dtype.type(alpha)
         np.copyto(out, x, where=x > 0)
-    return _out(out, x.dtype)
+    return _asarray(out, x.dtype)
 
 
 @op("Selu", since=1)
@@ -296,7 +326,7 @@ def Selu(x, alpha=1.67326319217681884765625, gamma=1.05070102214813232421875, co
         out *= x.dtype.type(alpha)
         np.copyto(out, x, where=x > 0)
         out *= x.dtype.type(gamma)
-    return _out(out, x.dtype)
+    return _asarray(out, x.dtype)
 
 
 @op("Celu", since=12)
@@ -310,7 +340,7 @@ def Celu(x, alpha=1.0):
         np.expm1(out, out=out)
         out *= alpha
         np.copyto(out, w, where=w > 0)
-    return _out(out, x.dtype)
+    return _asarray(out, x.dtype)
 
 
 @op("HardSigmoid", since=1)
@@ -319,7 +349,7 @@ def HardSigmoid(x, alpha=0.2, beta=0.5, consumed_inputs=None):
     out = np.multiply(x, x.dtype.type(alpha))
     out += x.dtype.type(beta)
     np.clip(out, 0, 1, out=out)
-    return _out(out, x.dtype)
+    return _asarray(out, x.dtype)
 
 
 @op("HardSwish", since=14)
@@ -333,7 +363,7 @@ def HardSwish(x):
 @op("Softplus", since=1)
 def Softplus(x):
     with np.errstate(all="ignore"):
-        return _out(np.logaddexp(x.astype(_work_dtype(x.dtype), copy=False), 0), x.dtype)
+        return _asarray(np.logaddexp(x.astype(_work_dtype(x.dtype), copy=False), 0), x.dtype)
 
 
 @op("Softsign", since=1)
@@ -342,7 +372,7 @@ def Softsign(x):
     out = np.abs(x)
     out += 1
     np.divide(x, out, out=out)
-    return _out(out, x.dtype)
+    return _asarray(out, x.dtype)
 
 
 @op("Mish", since=18)
@@ -354,7 +384,7 @@ def Mish(x):
         out = np.logaddexp(w, 0)
         np.tanh(out, out=out)
         out *= w
-    return _out(out, x.dtype)
+    return _asarray(out, x.dtype)
 
 
 @op("Gelu", since=20)
@@ -379,7 +409,7 @@ def Gelu(x, approximate="none"):
         inner += 1
         inner *= w
         inner *= 0.5
-    return _out(inner, x.dtype)
+    return _asarray(inner, x.dtype)
 
 
 @op("Clip", since=1)
@@ -387,7 +417,7 @@ def Clip1(x, min=-3.4028234663852886e38, max=3.4028234663852886e38, consumed_inp
     """Opset 1..10: bounds are attributes (defaults: the float32 range)."""
     lo = np.asarray(min).astype(x.dtype)
     hi = np.asarray(max).astype(x.dtype)
-    return _out(np.minimum(np.maximum(x, lo), hi), x.dtype)
+    return _asarray(np.minimum(np.maximum(x, lo), hi), x.dtype)
 
 
 @op("Clip", since=11)
@@ -417,31 +447,34 @@ def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return q
 
 
-def _div(a, b):
+def _div(a, b, out=None):
     if a.dtype.kind in "iu":
         return _int_div(a, b)
-    return np.true_divide(a, b)
+    return np.true_divide(a, b, out=out)
 
 
 _ARITH = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": _div}
 
 
-def _arith(name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _arith(name: str, a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     _same_dtype(name, a, b)
     with np.errstate(all="ignore"):
         try:
+            if out is not None and a.dtype.kind == "f" and _fits(out, np.broadcast_shapes(a.shape, b.shape),
+                                                                 a.dtype):
+                return _ARITH[name](a, b, out=out)
             res = _ARITH[name](a, b)
         except ValueError:
             raise ValueError(f"{name}: shapes {a.shape} and {b.shape} do not broadcast") from None
-    return _out(res, a.dtype)
+    return _asarray(res, a.dtype)
 
 
 def _make_arith(name: str):
     def legacy(a, b, broadcast=0, axis=None, consumed_inputs=None):
         return _arith(name, a, _legacy_broadcast(name, a, b, broadcast, axis))
 
-    def modern(a, b):
-        return _arith(name, a, b)
+    def modern(a, b, *, _out=None):
+        return _arith(name, a, b, _out)
 
     legacy.__name__ = legacy.__qualname__ = f"{name}1"
     modern.__name__ = modern.__qualname__ = f"{name}7"
@@ -474,7 +507,7 @@ def _pow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
                     res = np.trunc(res)
         except ValueError:
             raise ValueError(f"Pow: shapes {a.shape} and {b.shape} do not broadcast") from None
-    return _out(res, a.dtype)
+    return _asarray(res, a.dtype)
 
 
 @op("Pow", since=1)
@@ -493,7 +526,7 @@ def Mod(a, b, fmod=0):
     _same_dtype("Mod", a, b)
     with np.errstate(all="ignore"):
         res = np.fmod(a, b) if fmod else np.mod(a, b)
-    return _out(res, a.dtype)
+    return _asarray(res, a.dtype)
 
 
 # ---------------------------------------------------------------- variadic
@@ -537,7 +570,7 @@ def Mean(*xs, consumed_inputs=None):
     work = _work_dtype(xs[0].dtype)
     acc = _variadic("Mean", [x.astype(work, copy=False) for x in xs], np.add)
     acc /= len(xs)
-    return _out(acc, xs[0].dtype)
+    return _asarray(acc, xs[0].dtype)
 
 
 # ---------------------------------------------------------------- comparison and logic
@@ -553,7 +586,7 @@ _COMPARE = {
 def _compare(name: str, ufunc, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     _same_dtype(name, a, b)
     try:
-        return _out(ufunc(a, b), np.bool_)
+        return _asarray(ufunc(a, b), np.bool_)
     except ValueError:
         raise ValueError(f"{name}: shapes {a.shape} and {b.shape} do not broadcast") from None
 
@@ -583,7 +616,7 @@ for _name, (_ufunc, _since, _has_legacy) in _COMPARE.items():
 def Where(condition, x, y):
     _same_dtype("Where", x, y)
     try:
-        return _out(np.where(condition.astype(np.bool_, copy=False), x, y), x.dtype)
+        return _asarray(np.where(condition.astype(np.bool_, copy=False), x, y), x.dtype)
     except ValueError:
         raise ValueError(f"Where: shapes {condition.shape}, {x.shape}, {y.shape} do not broadcast") from None
 
@@ -599,30 +632,30 @@ def BitShift(x, y, direction=""):
         res = np.right_shift(x, y)
     else:
         raise ValueError(f"BitShift: direction={direction!r}, expected 'LEFT' or 'RIGHT'")
-    return _out(res, x.dtype)
+    return _asarray(res, x.dtype)
 
 
 @op("BitwiseAnd", since=18)
 def BitwiseAnd(a, b):
     _same_dtype("BitwiseAnd", a, b)
-    return _out(np.bitwise_and(a, b), a.dtype)
+    return _asarray(np.bitwise_and(a, b), a.dtype)
 
 
 @op("BitwiseOr", since=18)
 def BitwiseOr(a, b):
     _same_dtype("BitwiseOr", a, b)
-    return _out(np.bitwise_or(a, b), a.dtype)
+    return _asarray(np.bitwise_or(a, b), a.dtype)
 
 
 @op("BitwiseXor", since=18)
 def BitwiseXor(a, b):
     _same_dtype("BitwiseXor", a, b)
-    return _out(np.bitwise_xor(a, b), a.dtype)
+    return _asarray(np.bitwise_xor(a, b), a.dtype)
 
 
 @op("BitwiseNot", since=18)
 def BitwiseNot(x):
-    return _out(np.invert(x), x.dtype)
+    return _asarray(np.invert(x), x.dtype)
 
 
 # ---------------------------------------------------------------- Cast

@@ -3,7 +3,10 @@
 Each op is a plain function registered with ``@op("Name", since=V)``. Inputs arrive
 positionally as numpy arrays (``None`` for an omitted optional input), attributes as
 keyword arguments whose Python defaults are the ONNX defaults. An op that needs the
-node's output count declares a keyword-only ``_noutputs`` parameter. Opset versions are
+node's output count declares a keyword-only ``_noutputs`` parameter. An op that can write
+its result into a dying input's buffer declares a keyword-only ``_out`` parameter: the
+interpreter may pass such a buffer (writeable, shared with no other live tensor), and the
+op uses it only when its result's shape and dtype are exactly the buffer's. Opset versions are
 registry keys: ``lookup`` returns the implementation with the highest ``since`` that is
 not newer than the model's opset for that domain.
 """
@@ -23,6 +26,7 @@ class OpImpl:
     since: int
     fn: Callable
     wants_noutputs: bool
+    wants_out: bool = False
 
 
 _REGISTRY: dict[tuple[str, str], list[OpImpl]] = {}
@@ -37,7 +41,7 @@ def op(op_type: str, since: int = 1, domain: str = ""):
 
     def deco(fn: Callable) -> Callable:
         params = inspect.signature(fn).parameters
-        impl = OpImpl(op_type, _norm_domain(domain), since, fn, "_noutputs" in params)
+        impl = OpImpl(op_type, _norm_domain(domain), since, fn, "_noutputs" in params, "_out" in params)
         versions = _REGISTRY.setdefault((impl.domain, op_type), [])
         if any(v.since == since for v in versions):
             raise ValueError(f"op {op_type} (domain {domain!r}) registered twice for opset {since}")
