@@ -8,7 +8,6 @@ from __future__ import annotations
 import tracemalloc
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
@@ -17,6 +16,7 @@ from onnxstream_py.ops import conv as conv_mod
 from onnxstream_py.ops.conv import conv_nd
 
 from engine_runner import run_model
+from op_testing import assert_matches, ort_outputs
 
 RNG = np.random.default_rng(0)
 
@@ -34,20 +34,11 @@ def _model(nodes, inputs: dict, initializers: dict, opset: int = 17, out_dtype=N
 
 
 def _compare(model, feeds, rtol=1e-4, atol=1e-4):
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    want = sess.run(None, feeds)
+    want = ort_outputs(model, feeds)
     got = run_model(model, feeds)
     assert len(got) == len(want)
     for g, w in zip(got, want):
-        assert g.dtype == w.dtype and g.shape == w.shape, (g.dtype, g.shape, w.dtype, w.shape)
-        if w.dtype == np.float16:
-            g32, w32 = g.astype(np.float32), w.astype(np.float32)
-            nmse = np.sum((g32 - w32) ** 2) / max(np.sum(w32 ** 2), 1e-30)
-            assert nmse < 1e-6, nmse
-        elif w.dtype.kind == "f":
-            np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
-        else:
-            np.testing.assert_array_equal(g, w)
+        assert_matches(g, w, rtol, atol)
 
 
 def _conv_case(x_shape, w_shape, bias=True, dtype=np.float32, op="Conv", post=None, **attrs):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
@@ -20,6 +19,7 @@ from onnxstream_py import ops
 from onnxstream_py.dtypes import numpy_to_onnx
 
 from engine_runner import run_model
+from op_testing import assert_matches, ort_outputs
 
 RNG = np.random.default_rng(1)
 
@@ -44,22 +44,11 @@ def _model(op_type, inputs: dict, out_dtype, opset: int, consts: dict | None = N
 
 
 def _ort(model, feeds):
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)[0]
+    return ort_outputs(model, feeds)[0]
 
 
 def _check(got, want, rtol=1e-5, atol=1e-6):
-    assert got.dtype == want.dtype and got.shape == want.shape, (got.dtype, got.shape, want.dtype, want.shape)
-    if want.dtype == np.float16:
-        g32, w32 = got.astype(np.float32), want.astype(np.float32)
-        fin = np.isfinite(w32)
-        nmse = np.sum((g32[fin] - w32[fin]) ** 2) / max(np.sum(w32[fin] ** 2), 1e-30)
-        assert nmse < 1e-6, nmse
-        np.testing.assert_allclose(g32, w32, rtol=2e-3, atol=2e-3)
-    elif want.dtype.kind == "f":
-        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
-    else:
-        np.testing.assert_array_equal(got, want)
+    assert_matches(got, want, rtol, atol, fp16_tol=2e-3, finite_only=True)
 
 
 def _compare(op_type, inputs: dict, opset=17, consts=None, out_dtype=None, rtol=1e-5, atol=1e-6, **attrs):

@@ -6,7 +6,6 @@ float16 block path and mixed fp16-weight/fp32-activation MatMul against float64 
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
@@ -14,6 +13,7 @@ from onnxstream_py.dtypes import numpy_to_onnx
 from onnxstream_py.ops import linalg
 
 from engine_runner import run_model
+from op_testing import assert_matches, ort_outputs
 
 RNG = np.random.default_rng(0)
 
@@ -36,18 +36,7 @@ def _model(node, inputs: dict, initializers: dict | None = None, opset: int = 17
 
 
 def _compare(model, feeds, rtol=1e-5, atol=1e-5):
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    want = sess.run(None, feeds)[0]
-    got = run_model(model, feeds)[0]
-    assert got.dtype == want.dtype and got.shape == want.shape, (got.dtype, got.shape, want.dtype, want.shape)
-    if want.dtype == np.float16:
-        g32, w32 = got.astype(np.float32), want.astype(np.float32)
-        nmse = np.sum((g32 - w32) ** 2) / max(np.sum(w32 ** 2), 1e-30)
-        assert nmse < 1e-6, nmse
-    elif want.dtype.kind == "f":
-        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
-    else:
-        np.testing.assert_array_equal(got, want)
+    assert_matches(run_model(model, feeds)[0], ort_outputs(model, feeds)[0], rtol, atol)
 
 
 # --------------------------------------------------------------------------- MatMul

@@ -8,7 +8,6 @@ from __future__ import annotations
 import tracemalloc
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
@@ -16,6 +15,7 @@ from onnxstream_py import ops
 from onnxstream_py.dtypes import numpy_to_onnx
 
 from engine_runner import run_model
+from op_testing import assert_matches, ort_outputs
 
 RNG = np.random.default_rng(0)
 
@@ -35,19 +35,11 @@ def _model(nodes, inputs: dict, outputs: list, opset: int, initializers: dict | 
 
 
 def _compare(model, feeds, rtol=1e-5, atol=1e-5):
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    want = sess.run(None, feeds)
+    want = ort_outputs(model, feeds)
     got = run_model(model, feeds)
     assert len(got) == len(want)
     for g, w in zip(got, want):
-        assert g.dtype == w.dtype and g.shape == w.shape, (g.dtype, g.shape, w.dtype, w.shape)
-        if w.dtype == np.float16:
-            g32, w32 = g.astype(np.float32), w.astype(np.float32)
-            nmse = np.sum((g32 - w32) ** 2) / max(np.sum(w32 ** 2), 1e-30)
-            assert nmse < 1e-6, nmse
-            np.testing.assert_allclose(g32, w32, rtol=2e-3, atol=2e-3)
-        else:
-            np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
+        assert_matches(g, w, rtol, atol, fp16_tol=2e-3)
 
 
 def _act(shape, dtype=np.float32, offset=0.0, spread=1.0):
