@@ -21,11 +21,10 @@ from .readahead import ReadAhead
 from .tensorfile import TensorFile
 
 
-class DiskNoCache(WeightsProvider):
-    """Reads each tensor from disk on every ``get``; holds no tensor data."""
+class _OnDisk(WeightsProvider):
+    """What both disk providers expose about their file."""
 
-    def __init__(self, path, verify: bool = True):
-        self._file = TensorFile(path, verify)
+    _file: TensorFile
 
     @property
     def path(self) -> str:
@@ -34,6 +33,13 @@ class DiskNoCache(WeightsProvider):
     @property
     def index(self) -> WeightsIndex:
         return self._file.index
+
+
+class DiskNoCache(_OnDisk):
+    """Reads each tensor from disk on every ``get``; holds no tensor data."""
+
+    def __init__(self, path, verify: bool = True):
+        self._file = TensorFile(path, verify)
 
     def get(self, name: str) -> np.ndarray:
         return self._file.read(self._file.entry(name))
@@ -48,7 +54,7 @@ class DiskNoCache(WeightsProvider):
         return f"DiskNoCache({self.path!r}, {len(self.index)} tensors)"
 
 
-class DiskPrefetch(WeightsProvider):
+class DiskPrefetch(_OnDisk):
     """Reads tensors ahead of use in plan order on a background thread, within a budget."""
 
     def __init__(self, path, budget_bytes: int = 32 * 2**20, verify: bool = True):
@@ -57,14 +63,6 @@ class DiskPrefetch(WeightsProvider):
         # unclosed provider can still be collected (and __del__ stops the thread).
         # ``readahead`` is public for its statistics and ``wait_idle`` (tests, tuning).
         self.readahead = ReadAhead(self._file.read, budget_bytes)
-
-    @property
-    def path(self) -> str:
-        return self._file.path
-
-    @property
-    def index(self) -> WeightsIndex:
-        return self._file.index
 
     @property
     def budget_bytes(self) -> int:
