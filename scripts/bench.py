@@ -226,9 +226,9 @@ def fmt(x, spec):
 def table(rows):
     """Markdown table; ratios are against the same model's onnxruntime row."""
     ort = {r["model"]: r for r in rows if r["engine"] == "ort" and r.get("ok")}
-    lines = ["| model | engine | provider | s/run | peak RSS MiB | RSS ratio | "
+    lines = ["| model | engine | provider | s/run | first run s | peak RSS MiB | RSS ratio | "
              "speed ratio vs ORT | max abs err | rel err |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         rss = r.get("peak_rss_kib")
         rss_mib = rss / 1024 if rss else None
@@ -239,6 +239,7 @@ def table(rows):
             s = "skipped" if r.get("skipped") else f"{r['seconds']:.2f} (convert)"
         else:
             s = f"{r['s_per_run']:.3f}"
+        first = fmt(r.get("first_run_s"), ".3f")
         rss_ratio = speed = None
         if base and r["engine"] != "ort" and r.get("ok") and rss:
             rss_ratio = rss / base["peak_rss_kib"]
@@ -247,10 +248,11 @@ def table(rows):
         err = fmt(r.get("max_abs_err"), ".3g")
         rel = r.get("rel_err")
         rel_s = "-" if rel is None else f"{rel:.3g} {'ok' if rel <= REL_ERR_BAR else 'FAIL'}"
-        lines.append(f"| {r['model']} | {r['engine']} | {r.get('provider', '-')} | {s} | "
+        lines.append(f"| {r['model']} | {r['engine']} | {r.get('provider', '-')} | {s} | {first} | "
                      f"{fmt(rss_mib, '.0f')} | {fmt(rss_ratio, '.2f')} | {fmt(speed, '.2f')} | "
                      f"{err} | {rel_s} |")
-    lines += ["", f"RSS ratio = peak RSS / onnxruntime's; speed ratio = onnxruntime s/run / "
+    lines += ["", f"s/run: best of the runs; first run s: the first, cold one (Ram reads and keeps every "
+              f"weight then). RSS ratio = peak RSS / onnxruntime's; speed ratio = onnxruntime s/run / "
               f"engine s/run (> 1 is faster than ORT); rel err = max abs err / max|ORT output| "
               f"(bar <= {REL_ERR_BAR:g}). convert row: converter wall seconds and peak RSS."]
     return "\n".join(lines)
