@@ -109,10 +109,13 @@ def _initializer_const(t: onnx.TensorProto, base_dir: str) -> _Const:
             return a.astype(dtype, copy=False).reshape(shape)
 
         return _Const(dtype, shape, load)
-    value = numpy_helper.to_array(t)
-    if value.dtype != dtype:
-        value = value.astype(dtype)
-    return _Const(dtype, shape, value=value.reshape(shape))
+    def load_inline(t=t):
+        value = numpy_helper.to_array(t)
+        return (value if value.dtype == dtype else value.astype(dtype)).reshape(shape)
+
+    # Decoded on demand: a large inline initializer exists twice (proto bytes + array) only
+    # while it is folded or written, not for the whole conversion.
+    return _Const(dtype, shape, load=load_inline)
 
 
 def _spill(value: np.ndarray, tmp_dir: str, key: int) -> _Const:
