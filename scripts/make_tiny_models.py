@@ -29,12 +29,14 @@ import pathlib
 import sys
 import traceback
 import warnings
-import zlib
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import onnx
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
+from fixture_inputs import draw_inputs, seed_of  # noqa: E402  (shared with tests/test_models.py)
 
 # (name, dynamo?, opset): the three export flavours every family goes through.
 EXPORTS = (("ts14", False, 14), ("ts17", False, 17), ("dynamo18", True, 18))
@@ -63,30 +65,6 @@ class Family:
     inputs: list[InputSpec]
     outputs: list[str]
     note: str = ""
-
-
-def draw_inputs(specs: list[dict], run: int, seed: int) -> dict[str, np.ndarray]:
-    """Seeded inputs for one run of a manifest entry (the tests use the same function's twin)."""
-    rng = np.random.default_rng(seed + run)
-    feeds = {}
-    for s in specs:
-        shape = tuple(s["shapes"][run])
-        dt = np.dtype(s["dtype"])
-        if s["kind"] == "int":
-            v = rng.integers(int(s["low"]), int(s["high"]), size=shape)
-        elif s["kind"] == "uniform":
-            v = rng.uniform(s["low"], s["high"], size=shape)
-        elif s["kind"] == "mask":
-            v = np.ones(shape)
-            v[0, -2:] = 0
-        else:
-            v = rng.standard_normal(shape)
-        feeds[s["name"]] = np.asarray(v, dtype=dt)
-    return feeds
-
-
-def seed_of(name: str) -> int:
-    return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
 
 # ----------------------------------------------------------------------------------------

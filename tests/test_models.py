@@ -21,6 +21,7 @@ import onnx
 import pytest
 
 from engine_runner import run_model
+from fixture_inputs import draw_inputs
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "models"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text()) if (FIXTURES / "manifest.json").exists() \
@@ -28,25 +29,6 @@ MANIFEST = json.loads((FIXTURES / "manifest.json").read_text()) if (FIXTURES / "
 
 # FP32 tolerance: max abs error <= RTOL * max(1, max |reference|), per output.
 RTOL = 1e-4
-
-
-def draw_inputs(specs: list[dict], run: int, seed: int) -> dict[str, np.ndarray]:
-    """Seeded inputs for one run; twin of scripts/make_tiny_models.py:draw_inputs."""
-    rng = np.random.default_rng(seed + run)
-    feeds = {}
-    for s in specs:
-        shape = tuple(s["shapes"][run])
-        if s["kind"] == "int":
-            v = rng.integers(int(s["low"]), int(s["high"]), size=shape)
-        elif s["kind"] == "uniform":
-            v = rng.uniform(s["low"], s["high"], size=shape)
-        elif s["kind"] == "mask":
-            v = np.ones(shape)
-            v[0, -2:] = 0
-        else:
-            v = rng.standard_normal(shape)
-        feeds[s["name"]] = np.asarray(v, dtype=np.dtype(s["dtype"]))
-    return feeds
 
 
 def _cases():
