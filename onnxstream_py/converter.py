@@ -287,7 +287,9 @@ class _Converter:
             return False          # e.g. Expand/ConstantOfShape to a big tensor: cheaper to compute
         for name, r in zip(node.outputs, res):
             if name:
-                self._set_const(name, np.array(r) if np.asarray(r).base is not None else np.asarray(r))
+                r = np.asarray(r)
+                # a view (Reshape, Slice, ...) would keep its whole base alive: own the data
+                self._set_const(name, r.copy() if r.base is not None else r)
         return True
 
     def _fold_pass(self, shapes: dict[str, tuple]) -> bool:
@@ -387,7 +389,7 @@ class _Converter:
                 writer.write(n, self.consts[n].value().astype(stored[n], copy=False))
             writer.close()
         except BaseException:
-            writer._f.close()
+            writer.abort()
             raise
         graph = Graph(
             opsets=dict(self.opsets),

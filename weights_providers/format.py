@@ -246,6 +246,10 @@ class WeightsWriter:
         self._next = align_up(offset + len(data))
         return entry
 
+    def abort(self) -> None:
+        """Stop writing after an error: close the (incomplete, headerless) file."""
+        self._f.close()
+
     def close(self) -> WeightsIndex:
         missing = [n for n in self._order if n not in self.entries]
         if missing:
