@@ -62,9 +62,10 @@ def _describe(a) -> str:
 
 
 class Interpreter:
-    def __init__(self, graph: Graph, plan: Plan, provider):
+    def __init__(self, graph: Graph, plan: Plan, provider, ctx=None):
         for a in graph.consts.values():
             a.flags.writeable = False
+        self.ctx = ctx            # NativeContext for native ops (None on the numpy backend)
         self.graph = graph
         self.plan = plan
         self.provider = provider
@@ -114,6 +115,8 @@ class Interpreter:
             if step.row_gather:
                 args[0], args[1] = self._gather_rows(step, node.inputs[0], args[1])
             kwargs = step.kwargs
+            if step.impl.wants_ctx:
+                kwargs = dict(kwargs, _ctx=self.ctx)
             if step.donors:
                 buf = _donation(step, args, env)
                 if buf is not None:

@@ -17,6 +17,7 @@ from weights_providers.format import WEIGHTS_FILE, WeightsError
 from .errors import InputError
 from .graph import GRAPH_FILE, Graph, read_graph
 from .interpreter import Interpreter
+from .native_context import NativeContext
 from .options import RunOptions
 from .plan import Plan, build_plan
 from .threads import set_blas_threads
@@ -75,7 +76,8 @@ class Model:
             raise
         if self.options.threads is not None:
             set_blas_threads(self.options.threads)
-        self._interpreter = Interpreter(self.graph, self.plan, self.provider)
+        self.ctx = NativeContext(self.options) if self.options.backend == "native" else None
+        self._interpreter = Interpreter(self.graph, self.plan, self.provider, self.ctx)
         self._runs = 0
 
     @property
@@ -136,6 +138,9 @@ class Model:
         p = getattr(self, "provider", None)
         if p is not None:
             p.close()
+        ctx = getattr(self, "ctx", None)
+        if ctx is not None:
+            ctx.close()
 
     def __enter__(self):
         return self

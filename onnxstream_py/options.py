@@ -19,7 +19,8 @@ class RunOptions:
     prefetch_bytes: int = 32 * MiB
     # Verify each weight's CRC-32 when it is read.
     verify_checksums: bool = True
-    # "numpy" is the reference path (the only one until the native issue lands).
+    # "numpy": the reference path. "native": C kernels and XNNPACK where an op has them
+    # (ops/native_*.py), numpy for the rest; needs the compiled extension.
     backend: str = "numpy"
 
     def __post_init__(self):
@@ -27,5 +28,5 @@ class RunOptions:
             raise ValueError(f"RunOptions.threads must be >= 1, got {self.threads}")
         if self.attention_slices < 0:
             raise ValueError(f"RunOptions.attention_slices must be >= 0, got {self.attention_slices}")
-        if self.backend not in ("numpy",):
-            raise ValueError(f"RunOptions.backend {self.backend!r} is not available (have: 'numpy')")
+        if self.backend not in ("numpy", "native"):
+            raise ValueError(f"RunOptions.backend must be 'numpy' or 'native', got {self.backend!r}")

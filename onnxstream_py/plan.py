@@ -130,11 +130,13 @@ def fuse_attention(graph: Graph, nodes: list[Node], options: RunOptions) -> tupl
 
 
 def build_plan(graph: Graph, options: RunOptions) -> Plan:
+    if options.backend == "native":
+        ops.load_native()
     nodes, n_attention = fuse_attention(graph, list(graph.nodes), options)
     missing: dict[str, list[str]] = {}
     steps: list[Step] = []
     for node in nodes:
-        impl = ops.lookup(node.op_type, graph.opset_for(node.domain), node.domain)
+        impl = ops.lookup(node.op_type, graph.opset_for(node.domain), node.domain, options.backend)
         if impl is None:
             key = f"{node.domain}:{node.op_type}" if node.domain else node.op_type
             missing.setdefault(f"{key} (opset {graph.opset_for(node.domain)})", []).append(node.name)

@@ -27,22 +27,28 @@ class OpImpl:
     fn: Callable
     wants_noutputs: bool
     wants_out: bool = False
+    backend: str = "numpy"
+    wants_ctx: bool = False
 
 
-_REGISTRY: dict[tuple[str, str], list[OpImpl]] = {}
+BACKENDS = ("numpy", "native")
+_REGISTRY: dict[tuple[str, str, str], list[OpImpl]] = {}   # (backend, domain, op_type)
 
 
 def _norm_domain(domain: str) -> str:
     return "" if domain in DEFAULT_DOMAINS else domain
 
 
-def op(op_type: str, since: int = 1, domain: str = ""):
+def op(op_type: str, since: int = 1, domain: str = "", backend: str = "numpy"):
     """Register ``fn`` as the implementation of ``op_type`` from opset ``since`` on."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r} for op {op_type}")
 
     def deco(fn: Callable) -> Callable:
         params = inspect.signature(fn).parameters
-        impl = OpImpl(op_type, _norm_domain(domain), since, fn, "_noutputs" in params, "_out" in params)
-        versions = _REGISTRY.setdefault((impl.domain, op_type), [])
+        impl = OpImpl(op_type, _norm_domain(domain), since, fn, "_noutputs" in params, "_out" in params,
+                      backend, "_ctx" in params)
+        versions = _REGISTRY.setdefault((backend, impl.domain, op_type), [])
         if any(v.since == since for v in versions):
             raise ValueError(f"op {op_type} (domain {domain!r}) registered twice for opset {since}")
         versions.append(impl)
@@ -52,16 +58,27 @@ def op(op_type: str, since: int = 1, domain: str = ""):
     return deco
 
 
-def lookup(op_type: str, opset: int, domain: str = "") -> OpImpl | None:
-    """The implementation of ``op_type`` valid at ``opset``, or None if unsupported."""
-    versions = _REGISTRY.get((_norm_domain(domain), op_type), [])
+def _lookup(backend: str, op_type: str, opset: int, domain: str) -> OpImpl | None:
     best = None
-    for impl in versions:
+    for impl in _REGISTRY.get((backend, _norm_domain(domain), op_type), []):
         if impl.since <= opset:
             best = impl
     return best
 
 
-def registered_ops() -> dict[tuple[str, str], list[int]]:
-    """{(domain, op_type): [since versions]} for every registered op."""
-    return {key: [v.since for v in versions] for key, versions in _REGISTRY.items()}
+def lookup(op_type: str, opset: int, domain: str = "", backend: str = "numpy") -> OpImpl | None:
+    """The implementation of ``op_type`` valid at ``opset``, or None if unsupported.
+
+    With ``backend="native"`` a native implementation wins when one is registered for
+    that opset; otherwise the numpy one is returned.
+    """
+    if backend != "numpy":
+        impl = _lookup(backend, op_type, opset, domain)
+        if impl is not None:
+            return impl
+    return _lookup("numpy", op_type, opset, domain)
+
+
+def registered_ops(backend: str = "numpy") -> dict[tuple[str, str], list[int]]:
+    """{(domain, op_type): [since versions]} for every op registered for ``backend``."""
+    return {(d, t): [v.since for v in versions] for (b, d, t), versions in _REGISTRY.items() if b == backend}
