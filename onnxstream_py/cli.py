@@ -34,7 +34,7 @@ def _summary(name: str, a) -> str:
 
 def _options(args):
     from .options import RunOptions
-    return RunOptions(threads=args.threads, attention_slices=args.attention_slices)
+    return RunOptions(threads=args.threads, attention_slices=args.attention_slices, backend=args.backend)
 
 
 def cmd_convert(args) -> int:
@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     def run_opts(sp):
         sp.add_argument("--provider", default="prefetch", help="nocache | prefetch | ram (default prefetch)")
         sp.add_argument("--threads", type=int, default=None, help="threads for heavy math (default: all cores)")
+        sp.add_argument("--backend", default="numpy", choices=["numpy", "native"],
+                        help="numpy (reference) or native (C kernels and XNNPACK where available)")
         sp.add_argument("--attention-slices", type=int, default=0,
                         help="query-row slices for attention (0: sized to a 16 MiB budget)")
 

@@ -54,13 +54,13 @@ def test_manifest_lists_files():
 
 
 @pytest.mark.parametrize("name,run", list(_cases()))
-def test_model_matches_onnxruntime(name, run):
+def test_model_matches_onnxruntime(name, run, backend):
     entry = MANIFEST["fixtures"][name]
     path = FIXTURES / entry["file"]
     model = onnx.load(str(path))
     feeds = draw_inputs(entry["inputs"], run, entry["seed"])
     ref = _ort_run(path, feeds)
-    got = run_model(model, feeds)
+    got = run_model(model, feeds, backend=backend)
     assert len(got) == len(ref), f"{name}: {len(got)} outputs, expected {len(ref)}"
     for out_name, g, r in zip(entry["outputs"], got, ref):
         g = np.asarray(g)
