@@ -93,3 +93,216 @@ class ThreadPool:
 
 def version() -> int:
     return int(lib.osn_version())
+
+
+# ---- XNNPACK linear ----
+# Convolution (NHWC) and fully-connected operators of native/osn_xnn_linear.h. A created
+# operator holds XNNPACK's packed copy of (a block of) the weight; the classes below own that
+# handle and free it deterministically (close(), or a with-block).
+import mmap as _mmap
+
+XNN_EXTRA_BYTES = 16      # XNNPACK may read this many bytes past the end of an input
+_LINEAR_DTYPES = {np.dtype(np.float32): lib.OSN_LINEAR_F32, np.dtype(np.float16): lib.OSN_LINEAR_F16}
+
+
+def xnn_empty(shape, dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array followed by XNN_EXTRA_BYTES of readable slack."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64))
+    extra = -(-XNN_EXTRA_BYTES // dtype.itemsize)
+    return np.empty(n + extra, dtype)[:n].reshape(shape)
+
+
+def xnn_readable(a: np.ndarray) -> np.ndarray:
+    """``a`` as a C-contiguous array whose XNN_EXTRA_BYTES past the end are mapped memory.
+
+    No copy when ``a`` is contiguous and its last byte and the slack share a page (all but
+    16 in 4096 placements); otherwise a padded copy.
+    """
+    if a.flags.c_contiguous and a.nbytes:
+        end = a.ctypes.data + a.nbytes - 1
+        if end // _mmap.PAGESIZE == (end + XNN_EXTRA_BYTES) // _mmap.PAGESIZE:
+            return a
+    out = xnn_empty(a.shape, a.dtype)
+    np.copyto(out, a)
+    return out
+
+
+def _linear_dtype(what: str, **arrays) -> int:
+    dtypes = {name: a.dtype for name, a in arrays.items() if a is not None}
+    first = next(iter(dtypes.values()))
+    if first not in _LINEAR_DTYPES or any(d != first for d in dtypes.values()):
+        raise ValueError(f"{what}: dtypes {({k: str(v) for k, v in dtypes.items()})}: expected all float32 or all float16")
+    return _LINEAR_DTYPES[first]
+
+
+def conv2d_weight_ohwi(w: np.ndarray, co_begin: int = 0, co_end: int | None = None) -> np.ndarray:
+    """OIHW [Cout, Cin/g, kh, kw] -> OHWI [co_end-co_begin, kh, kw, Cin/g] (XNNPACK's layout)."""
+    if w.ndim != 4:
+        raise ValueError(f"conv2d_weight_ohwi: weight {w.shape}, expected [Cout, Cin/groups, kh, kw]")
+    cout, cig, kh, kw = w.shape
+    co_end = cout if co_end is None else co_end
+    if not 0 <= co_begin < co_end <= cout:
+        raise ValueError(f"conv2d_weight_ohwi: channel block [{co_begin}, {co_end}) outside weight {w.shape}")
+    dt = _linear_dtype("conv2d_weight_ohwi", weight=w)
+    w = np.ascontiguousarray(w)
+    out = np.empty((co_end - co_begin, kh, kw, cig), w.dtype)
+    _check(lib.osn_conv2d_weight_ohwi(out_ptr(out), ptr(w), dt, cout, cig, kh, kw, co_begin, co_end),
+           f"conv2d_weight_ohwi {w.shape}")
+    return out
+
+
+class XnnConv2d:
+    """A created XNNPACK 2-D convolution (ONNX Conv semantics) on NHWC activations.
+
+    w: [Cout, Cin/groups, kh, kw] ONNX weight (float32 or float16), b: [Cout] or None, same dtype.
+    pads: ONNX order [top, left, bottom, right]. The operator computes output channels
+    [co_begin, co_end) (a block only for groups == 1) into an NHWC output with ``y_channels``
+    channels (default: the block's width). The caller's weight may be freed after __init__.
+    """
+
+    def __init__(self, w, b=None, *, groups=1, strides=(1, 1), dilations=(1, 1), pads=(0, 0, 0, 0),
+                 co_begin=0, co_end=None, y_channels=None):
+        what = f"Conv(XNNPACK) weight {w.shape} group={groups}"
+        if w.ndim != 4:
+            raise ValueError(f"{what}: expected weight [Cout, Cin/groups, kh, kw]")
+        cout, cig, kh, kw = (int(v) for v in w.shape)
+        groups = int(groups)
+        if groups < 1 or cout % groups:
+            raise ValueError(f"{what}: Cout must be divisible by group")
+        co_end = cout if co_end is None else int(co_end)
+        if not 0 <= co_begin < co_end <= cout or (groups > 1 and (co_begin, co_end) != (0, cout)):
+            raise ValueError(f"{what}: channel block [{co_begin}, {co_end}) (blocks need group=1)")
+        count = co_end - co_begin
+        y_channels = count if y_channels is None else int(y_channels)
+        if y_channels < count:
+            raise ValueError(f"{what}: y_channels {y_channels} < block width {count}")
+        if b is not None and b.shape != (cout,):
+            raise ValueError(f"{what}: bias {b.shape}, expected ({cout},)")
+        strides, dilations, pads = [list(map(int, v)) for v in (strides, dilations, pads)]
+        if len(strides) != 2 or len(dilations) != 2 or len(pads) != 4 or min(strides + dilations) < 1 or min(pads) < 0:
+            raise ValueError(f"{what}: strides {strides}, dilations {dilations}, pads {pads}: "
+                             f"expected 2 positive, 2 positive and 4 non-negative ints")
+        dt = _linear_dtype(what, weight=w, bias=b)
+        w = xnn_readable(w)
+        b = None if b is None else xnn_readable(b)
+        self.dtype = w.dtype
+        self.cin, self.cout, self.kernel, self.groups = cig * groups, cout, (kh, kw), groups
+        self.strides, self.dilations, self.pads = strides, dilations, pads
+        self.co_count, self.y_channels = count, y_channels
+        self._what = what
+        h = ffi.new("osn_conv2d **")
+        _check(lib.osn_conv2d_create(h, ptr(w), ffi.NULL if b is None else ptr(b), dt, groups, self.cin, cout,
+                                     kh, kw, co_begin, co_end, y_channels, strides[0], strides[1],
+                                     dilations[0], dilations[1], pads[0], pads[1], pads[2], pads[3]), what)
+        self._op = h[0]
+
+    def output_hw(self, h: int, w: int) -> tuple[int, int]:
+        (kh, kw), (sh, sw), (dh, dw), p = self.kernel, self.strides, self.dilations, self.pads
+        return ((h + p[0] + p[2] - (kh - 1) * dh - 1) // sh + 1, (w + p[1] + p[3] - (kw - 1) * dw - 1) // sw + 1)
+
+    def run(self, x: np.ndarray, y: np.ndarray | None = None, y_channel_offset: int = 0, pool=None) -> np.ndarray:
+        """y[..., off:off+block] = conv(x); x: [N, H, W, Cin] NHWC, y: [N, OH, OW, y_channels]."""
+        if self._op is None:
+            raise NativeError(f"{self._what}: operator used after close()")
+        if x.ndim != 4 or x.shape[3] != self.cin or x.dtype != self.dtype:
+            raise ValueError(f"{self._what}: input {x.dtype}{list(x.shape)}, expected {self.dtype}[N, H, W, {self.cin}] NHWC")
+        n, h, w, _ = x.shape
+        oh, ow = self.output_hw(h, w)
+        if oh < 1 or ow < 1:
+            raise ValueError(f"{self._what}: input {list(x.shape)} is smaller than the (dilated) kernel")
+        shape = (n, oh, ow, self.y_channels)
+        if y is None:
+            y = np.empty(shape, self.dtype)
+        elif y.shape != shape or y.dtype != self.dtype:
+            raise ValueError(f"{self._what}: output {y.dtype}{list(y.shape)}, expected {self.dtype}{list(shape)}")
+        if not 0 <= y_channel_offset <= self.y_channels - self.co_count:
+            raise ValueError(f"{self._what}: channel offset {y_channel_offset} + block {self.co_count} "
+                             f"exceeds {self.y_channels} output channels")
+        if y.size == 0:
+            return y
+        x = xnn_readable(x)
+        _check(lib.osn_conv2d_run(self._op, ffi.NULL if pool is None else pool.handle, out_ptr(y), ptr(x),
+                                  n, h, w, y_channel_offset), f"{self._what} input {list(x.shape)}")
+        return y
+
+    def close(self) -> None:
+        if getattr(self, "_op", None) is not None:
+            lib.osn_conv2d_delete(self._op)
+            self._op = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+
+class XnnFullyConnected:
+    """A created XNNPACK fully-connected operator: y = x @ W (+ bias) for x [M, K].
+
+    w: [K, N] when ``weight_kn`` (MatMul's B) else [N, K] (Gemm with transB=1); b: [N] or
+    None. Computes output columns [n_begin, n_end) into an output of row stride ``y_stride``
+    (default: the block's width). The caller's weight may be freed after __init__.
+    """
+
+    def __init__(self, w, b=None, *, weight_kn=True, n_begin=0, n_end=None, y_stride=None):
+        what = f"FullyConnected(XNNPACK) weight {w.shape} ({'[K, N]' if weight_kn else '[N, K]'})"
+        if w.ndim != 2:
+            raise ValueError(f"{what}: expected a 2-D weight")
+        k, n = (int(v) for v in (w.shape if weight_kn else w.shape[::-1]))
+        n_end = n if n_end is None else int(n_end)
+        if not 0 <= n_begin < n_end <= n:
+            raise ValueError(f"{what}: column block [{n_begin}, {n_end}) outside N={n}")
+        count = n_end - n_begin
+        y_stride = count if y_stride is None else int(y_stride)
+        if y_stride < count:
+            raise ValueError(f"{what}: y_stride {y_stride} < block width {count}")
+        if b is not None and b.shape != (n,):
+            raise ValueError(f"{what}: bias {b.shape}, expected ({n},)")
+        dt = _linear_dtype(what, weight=w, bias=b)
+        w = xnn_readable(w)
+        b = None if b is None else xnn_readable(b)
+        self.dtype, self.k, self.n, self.n_count, self.y_stride = w.dtype, k, n, count, y_stride
+        self._what = what
+        h = ffi.new("osn_fc **")
+        _check(lib.osn_fc_create(h, ptr(w), ffi.NULL if b is None else ptr(b), dt, int(bool(weight_kn)),
+                                 k, n, n_begin, n_end, y_stride), what)
+        self._op = h[0]
+
+    def run(self, x: np.ndarray, y: np.ndarray | None = None, y_col_offset: int = 0, pool=None) -> np.ndarray:
+        """y[:, off:off+block] = x @ W (+ bias); x: [M, K], y: [M, y_stride]."""
+        if self._op is None:
+            raise NativeError(f"{self._what}: operator used after close()")
+        if x.ndim != 2 or x.shape[1] != self.k or x.dtype != self.dtype:
+            raise ValueError(f"{self._what}: input {x.dtype}{list(x.shape)}, expected {self.dtype}[M, {self.k}]")
+        shape = (x.shape[0], self.y_stride)
+        if y is None:
+            y = np.empty(shape, self.dtype)
+        elif y.shape != shape or y.dtype != self.dtype:
+            raise ValueError(f"{self._what}: output {y.dtype}{list(y.shape)}, expected {self.dtype}{list(shape)}")
+        if not 0 <= y_col_offset <= self.y_stride - self.n_count:
+            raise ValueError(f"{self._what}: column offset {y_col_offset} + block {self.n_count} exceeds {self.y_stride}")
+        if y.size == 0:
+            return y
+        x = xnn_readable(x)
+        _check(lib.osn_fc_run(self._op, ffi.NULL if pool is None else pool.handle, out_ptr(y), ptr(x),
+                              x.shape[0], y_col_offset), f"{self._what} input {list(x.shape)}")
+        return y
+
+    def close(self) -> None:
+        if getattr(self, "_op", None) is not None:
+            lib.osn_fc_delete(self._op)
+            self._op = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()

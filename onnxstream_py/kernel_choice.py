@@ -1,0 +1,101 @@
+"""Measured kernel choice: which implementation of an op is faster for a given shape, here.
+
+Trade-off: nothing is assumed about XNNPACK vs BLAS (it depends on the CPU, the thread count
+and the shape); the first time a shape key is seen in a process every candidate is timed on
+the real inputs and the fastest is remembered. That first encounter costs a few extra runs of
+the op; later ones cost a dict lookup. The result of the winner's timed run is returned, so
+no run is wasted on the final answer.
+
+Keys are tuples of str/int/float (nested tuples allowed) and values dicts of str/float, so
+the table round-trips through JSON (``table()`` / ``load()``); a later step stores it beside
+the model and adds an ``onnxstream tune`` command.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Callable, Mapping
+
+# A candidate whose warm-up run takes longer than this is not run a second time: its
+# warm-up time stands as the measurement (warm-up effects are small next to such runs).
+WARM_SECONDS = 0.2
+
+_TABLE: dict[tuple, dict] = {}
+_FORCED: str | None = None
+
+
+def _freeze(v):
+    return tuple(_freeze(a) for a in v) if isinstance(v, (list, tuple)) else v
+
+
+def lookup(op_key: tuple) -> str | None:
+    """The remembered (or forced) choice for ``op_key``, None if not measured yet."""
+    if _FORCED is not None:
+        return _FORCED
+    entry = _TABLE.get(_freeze(op_key))
+    return None if entry is None else entry["choice"]
+
+
+def run_chosen(op_key: tuple, candidates: Mapping[str, Callable[[], Any]]) -> Any:
+    """Run the chosen candidate for ``op_key`` and return its result; measure all the
+    candidates first if ``op_key`` is new (each: one warm-up run, then one timed run)."""
+    choice = lookup(op_key)
+    if choice is not None:
+        if choice not in candidates:
+            raise ValueError(f"kernel choice {choice!r} for {op_key} is not among {sorted(candidates)}")
+        return candidates[choice]()
+    seconds: dict[str, float] = {}
+    best_name, best_result = None, None
+    for name, fn in candidates.items():
+        t0 = time.perf_counter()
+        result = fn()
+        t = time.perf_counter() - t0
+        if t < WARM_SECONDS:
+            t0 = time.perf_counter()
+            result = fn()
+            t = time.perf_counter() - t0
+        seconds[name] = t
+        if best_name is None or t < seconds[best_name]:
+            best_name, best_result = name, result
+        del result
+    remember(op_key, best_name, seconds)
+    return best_result
+
+
+def choose(op_key: tuple, candidates: Mapping[str, Callable[[], Any]]) -> str:
+    """The faster candidate's name for ``op_key`` (measured on first use, then remembered)."""
+    if lookup(op_key) is None:
+        run_chosen(op_key, candidates)
+    return lookup(op_key)
+
+
+def remember(op_key: tuple, choice: str, seconds: Mapping[str, float] | None = None) -> None:
+    _TABLE[_freeze(op_key)] = {"choice": choice, "seconds": dict(seconds or {})}
+
+
+def table() -> list[dict]:
+    """Every remembered choice as JSON-ready dicts: {"key": [...], "choice": ..., "seconds": {...}}."""
+    def thaw(v):
+        return [thaw(a) for a in v] if isinstance(v, tuple) else v
+    return [{"key": thaw(k), **v} for k, v in _TABLE.items()]
+
+
+def load(entries: list[dict]) -> None:
+    """Add the choices of ``table()``'s output (e.g. read back from JSON)."""
+    for e in entries:
+        remember(e["key"], e["choice"], e.get("seconds"))
+
+
+def clear() -> None:
+    _TABLE.clear()
+
+
+@contextlib.contextmanager
+def forced(choice: str):
+    """Within the block every op takes ``choice`` (tests and benchmarks), measuring nothing."""
+    global _FORCED
+    previous, _FORCED = _FORCED, choice
+    try:
+        yield
+    finally:
+        _FORCED = previous
