@@ -306,3 +306,135 @@ class XnnFullyConnected:
 
     def __del__(self):
         self.close()
+
+
+# ---- own kernels ----
+# Wrappers of native/osn_k_{convert,math,norm}.h. Each takes an optional ``out`` (allocated
+# when None) and ``pool`` (a ThreadPool; None runs on the calling thread) and returns out.
+
+def _pool_ptr(pool: ThreadPool | None):
+    return ffi.NULL if pool is None else pool.handle
+
+
+def _need(what: str, a: np.ndarray, name: str, dtypes) -> None:
+    if not isinstance(a, np.ndarray) or a.dtype not in dtypes or not a.flags.c_contiguous:
+        desc = f"{a.dtype} {a.shape} contiguous={a.flags.c_contiguous}" if isinstance(a, np.ndarray) else type(a)
+        raise ValueError(f"{what}: {name} must be a C-contiguous {'/'.join(str(np.dtype(d)) for d in dtypes)} "
+                         f"array, got {desc}")
+
+
+def _out_like(what: str, out: np.ndarray | None, shape, dtype, src: np.ndarray, may_alias: bool) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    _need(what, out, "out", (dtype,))
+    if out.shape != tuple(shape) or not out.flags.writeable:
+        raise ValueError(f"{what}: out must be a writeable {np.dtype(dtype)} array of shape {tuple(shape)}, "
+                         f"got {out.shape} writeable={out.flags.writeable}")
+    if np.may_share_memory(out, src) and not (may_alias and out.__array_interface__["data"][0]
+                                              == src.__array_interface__["data"][0]):
+        raise ValueError(f"{what}: out {out.shape} overlaps the input {src.shape}")
+    return out
+
+
+def f16_to_f32(src: np.ndarray, out: np.ndarray | None = None, *, pool: ThreadPool | None = None) -> np.ndarray:
+    """out = float32(src) for a float16 (or uint16 bit-pattern) array, in plain C."""
+    what = f"f16_to_f32 {getattr(src, 'shape', '?')}"
+    _need(what, src, "src", (np.float16, np.uint16))
+    out = _out_like(what, out, src.shape, np.float32, src, may_alias=False)
+    _check(lib.osn_f16_to_f32(_pool_ptr(pool), out_ptr(out, "float *"), ptr(src, "uint16_t *"), src.size), what)
+    return out
+
+
+def f32_to_f16(src: np.ndarray, out: np.ndarray | None = None, *, pool: ThreadPool | None = None) -> np.ndarray:
+    """out = float16(src), round to nearest even (as numpy's astype), in plain C."""
+    what = f"f32_to_f16 {getattr(src, 'shape', '?')}"
+    _need(what, src, "src", (np.float32,))
+    out = _out_like(what, out, src.shape, np.float16, src, may_alias=False)
+    _check(lib.osn_f32_to_f16(_pool_ptr(pool), out_ptr(out, "uint16_t *"), ptr(src, "float *"), src.size), what)
+    return out
+
+
+def erf_f32(x: np.ndarray, out: np.ndarray | None = None, *, pool: ThreadPool | None = None) -> np.ndarray:
+    """out = erf(x) for float32 x; out may be x itself."""
+    what = f"Erf {getattr(x, 'shape', '?')}"
+    _need(what, x, "X", (np.float32,))
+    out = _out_like(what, out, x.shape, np.float32, x, may_alias=True)
+    _check(lib.osn_erf_f32(_pool_ptr(pool), out_ptr(out, "float *"), ptr(x, "float *"), x.size), what)
+    return out
+
+
+def gelu_f32(x: np.ndarray, approximate: bool = False, out: np.ndarray | None = None, *,
+             pool: ThreadPool | None = None) -> np.ndarray:
+    """out = Gelu(x) (erf form, or tanh form when ``approximate``); out may be x itself."""
+    what = f"Gelu {getattr(x, 'shape', '?')}"
+    _need(what, x, "X", (np.float32,))
+    out = _out_like(what, out, x.shape, np.float32, x, may_alias=True)
+    _check(lib.osn_gelu_f32(_pool_ptr(pool), out_ptr(out, "float *"), ptr(x, "float *"), x.size,
+                            1 if approximate else 0), what)
+    return out
+
+
+def softmax_f32(x: np.ndarray, out: np.ndarray | None = None, *, pool: ThreadPool | None = None) -> np.ndarray:
+    """Softmax over the last axis of a float32 array (rank >= 1); out must not overlap x."""
+    what = f"Softmax {getattr(x, 'shape', '?')}"
+    _need(what, x, "X", (np.float32,))
+    if x.ndim < 1:
+        raise ValueError(f"{what}: X must have rank >= 1")
+    out = _out_like(what, out, x.shape, np.float32, x, may_alias=False)
+    cols = x.shape[-1]
+    rows = x.size // cols if cols else 0
+    _check(lib.osn_softmax_f32(_pool_ptr(pool), out_ptr(out, "float *"), ptr(x, "float *"), rows, cols), what)
+    return out
+
+
+def group_norm_f32(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, groups: int, epsilon: float,
+                   out: np.ndarray | None = None, *, pool: ThreadPool | None = None) -> np.ndarray:
+    """Group normalisation of float32 x [N, C, *spatial] with statistics per (n, group of C/groups
+    channels) and per-channel scale/bias [C] (InstanceNormalization: groups = C)."""
+    what = f"GroupNorm X {getattr(x, 'shape', '?')} groups={groups}"
+    _need(what, x, "X", (np.float32,))
+    if x.ndim < 2 or groups < 1 or x.shape[1] % groups:
+        raise ValueError(f"{what}: X must be [N, C, ...] with C divisible by groups")
+    c = x.shape[1]
+    for name, v in (("scale", scale), ("bias", bias)):
+        _need(what, v, name, (np.float32,))
+        if v.shape != (c,):
+            raise ValueError(f"{what}: {name} must have shape ({c},), got {v.shape}")
+    out = _out_like(what, out, x.shape, np.float32, x, may_alias=False)
+    spatial = x.size // (x.shape[0] * c) if x.size else 0
+    _check(lib.osn_group_norm_f32(_pool_ptr(pool), out_ptr(out, "float *"), ptr(x, "float *"),
+                                  ptr(scale, "float *"), ptr(bias, "float *"), x.shape[0], groups,
+                                  c // groups, spatial, float(epsilon)), what)
+    return out
+
+
+def layer_norm_f32(x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None, epsilon: float,
+                   out: np.ndarray | None = None, mean: np.ndarray | None = None,
+                   invstd: np.ndarray | None = None, *, pool: ThreadPool | None = None) -> np.ndarray:
+    """Layer normalisation of the rows of float32 x [rows, cols] with scale/bias [cols];
+    optionally also writes the row means and 1/sqrt(var + eps) into ``mean``/``invstd`` [rows]."""
+    what = f"LayerNormalization X {getattr(x, 'shape', '?')}"
+    _need(what, x, "X", (np.float32,))
+    if x.ndim != 2:
+        raise ValueError(f"{what}: X must be a [rows, cols] matrix")
+    rows, cols = x.shape
+    for name, v in (("scale", scale), ("bias", bias)):
+        if v is None and name == "bias":
+            continue
+        _need(what, v, name, (np.float32,))
+        if v.shape != (cols,):
+            raise ValueError(f"{what}: {name} must have shape ({cols},), got {v.shape}")
+    for name, v in (("mean", mean), ("invstd", invstd)):
+        if v is not None:
+            _need(what, v, name, (np.float32,))
+            if v.shape != (rows,) or not v.flags.writeable:
+                raise ValueError(f"{what}: {name} must be a writeable float32 array of shape ({rows},), "
+                                 f"got {v.shape}")
+    out = _out_like(what, out, x.shape, np.float32, x, may_alias=False)
+    _check(lib.osn_layer_norm_f32(_pool_ptr(pool), out_ptr(out, "float *"),
+                                  ffi.NULL if mean is None else out_ptr(mean, "float *"),
+                                  ffi.NULL if invstd is None else out_ptr(invstd, "float *"),
+                                  ptr(x, "float *"), ptr(scale, "float *"),
+                                  ffi.NULL if bias is None else ptr(bias, "float *"),
+                                  rows, cols, float(epsilon)), what)
+    return out

@@ -1,0 +1,168 @@
+"""Native implementations backed by our own C kernels (native/osn_k_*.c): normalisation,
+Erf, Gelu, Softmax and the float16 <-> float32 Cast.
+
+Trade-off: each op accelerates only its common float32 case (the one Stable Diffusion runs)
+and hands every other case (float16/float64 inputs, other stash types or axes, empty
+tensors) to the numpy reference implementation, which stays the single statement of the
+op's semantics and error messages. Inputs are never modified; a strided input is copied
+once to C order before the kernel runs.
+Reference: https://onnx.ai/onnx/operators/ (one section per op).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import native
+from . import elementwise, norm, reduce
+from .registry import op
+
+_F32 = np.dtype(np.float32)
+_ONNX_FLOAT, _ONNX_FLOAT16 = 1, 10   # TensorProto.FLOAT, TensorProto.FLOAT16
+
+
+def _is_f32(x) -> bool:
+    return isinstance(x, np.ndarray) and x.dtype == _F32 and x.size > 0
+
+
+def _f32_vector(v) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(v, dtype=_F32).reshape(-1))
+
+
+# --------------------------------------------------------------------------- normalisation
+@op("InstanceNormalization", since=6, backend="native")
+def InstanceNormalization(x, scale, B, *, epsilon=1e-5, _ctx):
+    """torch's GroupNorm export runs here: Reshape [N, G, -1] -> InstanceNormalization."""
+    if not _is_f32(x) or x.ndim < 2:
+        return norm.InstanceNormalization(x, scale, B, epsilon=epsilon)
+    c = x.shape[1]
+    scale = norm._channel_vector("InstanceNormalization", "scale", scale, c, _F32)
+    bias = norm._channel_vector("InstanceNormalization", "bias", B, c, _F32)
+    return native.group_norm_f32(np.ascontiguousarray(x), np.ascontiguousarray(scale),
+                                 np.ascontiguousarray(bias), c, epsilon, pool=_ctx.pool)
+
+
+def _group_norm(x, scale, bias, epsilon, num_groups, per_group_params: bool, pool):
+    """The float32 case natively; None for every other case (the caller runs numpy, which
+    also raises the reference's errors for bad group counts)."""
+    if not _is_f32(x) or x.ndim < 2 or num_groups is None or num_groups <= 0 or x.shape[1] % num_groups:
+        return None
+    c = x.shape[1]
+    cpg = c // num_groups
+    if per_group_params:
+        scale = np.repeat(norm._channel_vector("GroupNormalization", "scale", scale, num_groups, _F32), cpg)
+        bias = np.repeat(norm._channel_vector("GroupNormalization", "bias", bias, num_groups, _F32), cpg)
+    else:
+        scale = norm._channel_vector("GroupNormalization", "scale", scale, c, _F32)
+        bias = norm._channel_vector("GroupNormalization", "bias", bias, c, _F32)
+    return native.group_norm_f32(np.ascontiguousarray(x), np.ascontiguousarray(scale),
+                                 np.ascontiguousarray(bias), num_groups, epsilon, pool=pool)
+
+
+@op("GroupNormalization", since=18, backend="native")
+def GroupNormalization18(x, scale, bias, *, epsilon=1e-5, num_groups=None, _ctx):
+    """Opset 18: scale and bias per group [G]."""
+    y = _group_norm(x, scale, bias, epsilon, num_groups, True, _ctx.pool)
+    return y if y is not None else norm.GroupNormalization18(x, scale, bias, epsilon=epsilon,
+                                                             num_groups=num_groups)
+
+
+@op("GroupNormalization", since=21, backend="native")
+def GroupNormalization21(x, scale, bias, *, epsilon=1e-5, num_groups=None, stash_type=1, _ctx):
+    """Opset 21: scale and bias per channel [C]."""
+    y = None if stash_type != 1 else _group_norm(x, scale, bias, epsilon, num_groups, False, _ctx.pool)
+    return y if y is not None else norm.GroupNormalization21(x, scale, bias, epsilon=epsilon,
+                                                             num_groups=num_groups, stash_type=stash_type)
+
+
+@op("LayerNormalization", since=17, backend="native")
+def LayerNormalization(x, scale, B=None, *, axis=-1, epsilon=1e-5, stash_type=1, _noutputs=3, _ctx):
+    """Normalises over dims [axis:] (any axis: they are the trailing, contiguous columns of a
+    [rows, cols] view); Mean and InvStdDev are computed only when the node has those outputs."""
+    if not _is_f32(x) or stash_type != 1 or not -x.ndim <= axis < x.ndim:
+        return norm.LayerNormalization(x, scale, B, axis=axis, epsilon=epsilon, stash_type=stash_type)
+    axis, rows, cols = norm._normalized_split("LayerNormalization", x, axis)
+    norm_shape = x.shape[axis:]
+    col_mul = norm._cols_param("LayerNormalization", "Scale", scale, norm_shape, _F32)
+    col_add = norm._cols_param("LayerNormalization", "B", B, norm_shape, _F32)
+    x2d = np.ascontiguousarray(x).reshape(rows, cols)
+    stats = _noutputs > 1
+    mean = np.empty(rows, dtype=_F32) if stats else None
+    invstd = np.empty(rows, dtype=_F32) if stats else None
+    y = native.layer_norm_f32(x2d, np.ascontiguousarray(col_mul),
+                              None if col_add is None else np.ascontiguousarray(col_add), epsilon,
+                              mean=mean, invstd=invstd, pool=_ctx.pool).reshape(x.shape)
+    if not stats:
+        return y
+    stat_shape = x.shape[:axis] + (1,) * (x.ndim - axis)
+    return y, mean.reshape(stat_shape), invstd.reshape(stat_shape)
+
+
+# --------------------------------------------------------------------------- Erf, Gelu
+def _donated(out, x) -> np.ndarray | None:
+    """The interpreter's donated buffer (registry: ``_out``) when it can take the result."""
+    if (isinstance(out, np.ndarray) and out.shape == x.shape and out.dtype == _F32 and out.flags.writeable
+            and out.flags.c_contiguous):
+        return out
+    return None
+
+
+@op("Erf", since=9, backend="native")
+def Erf(x, *, _out=None, _ctx):
+    if not _is_f32(x):
+        return elementwise.Erf(x, _out=_out)
+    xc = np.ascontiguousarray(x)
+    out = _donated(_out, x)
+    if out is not None and out is not xc and np.may_share_memory(out, xc):
+        out = None   # a partial overlap (never the case for a donated input, but be safe)
+    return native.erf_f32(xc, out, pool=_ctx.pool)
+
+
+@op("Gelu", since=20, backend="native")
+def Gelu(x, approximate="none", *, _ctx):
+    if not _is_f32(x) or approximate not in ("none", "tanh"):
+        return elementwise.Gelu(x, approximate=approximate)
+    return native.gelu_f32(np.ascontiguousarray(x), approximate == "tanh", pool=_ctx.pool)
+
+
+# --------------------------------------------------------------------------- Softmax
+@op("Softmax", since=1, backend="native")
+def Softmax1(x, axis=1, *, _ctx):
+    """Opsets 1-12: the input is flattened to [prod(shape[:axis]), prod(shape[axis:])]."""
+    if not _is_f32(x) or not -x.ndim <= axis <= x.ndim:
+        return reduce.Softmax1(x, axis=axis)
+    x2d = np.ascontiguousarray(reduce._coerce_2d(x, axis, "Softmax"))
+    if x2d.shape[1] == 0:
+        return reduce.Softmax1(x, axis=axis)
+    return native.softmax_f32(x2d, pool=_ctx.pool).reshape(x.shape)
+
+
+@op("Softmax", since=13, backend="native")
+def Softmax13(x, axis=-1, *, _ctx):
+    """Opset 13+: one axis; the last one (attention scores) runs natively."""
+    if not _is_f32(x) or axis not in (-1, x.ndim - 1):
+        return reduce.Softmax13(x, axis=axis)
+    return native.softmax_f32(np.ascontiguousarray(x), pool=_ctx.pool)
+
+
+# --------------------------------------------------------------------------- Cast
+def _cast(x, to, pool):
+    """float16 <-> float32 natively; None for every other conversion (the caller runs numpy)."""
+    if isinstance(x, np.ndarray) and x.size > 0:
+        if x.dtype == np.float16 and to == _ONNX_FLOAT:
+            return native.f16_to_f32(np.ascontiguousarray(x), pool=pool)
+        if x.dtype == _F32 and to == _ONNX_FLOAT16:
+            return native.f32_to_f16(np.ascontiguousarray(x), pool=pool)
+    return None
+
+
+@op("Cast", since=6, backend="native")
+def Cast6(x, to=1, *, _ctx):
+    """float16 <-> float32 in plain C (numpy's astype is several times slower); the rest numpy."""
+    y = _cast(x, to, _ctx.pool)
+    return y if y is not None else elementwise.Cast6(x, to=to)
+
+
+@op("Cast", since=19, backend="native")
+def Cast19(x, to=1, saturate=1, round_mode="up", *, _ctx):
+    y = _cast(x, to, _ctx.pool)
+    return y if y is not None else elementwise.Cast19(x, to=to, saturate=saturate, round_mode=round_mode)
