@@ -6,6 +6,16 @@
 #include "osn_k_convert.h"
 #include "osn_internal.h"
 
+/* The hot loops are plain C; on x86-64 GCC also compiles them for AVX2 and AVX-512 and the
+ * loader picks the CPU's best (the baseline build targets SSE2 only). Without FP
+ * contraction (-std=c11) every clone rounds identically. Elsewhere (the Pi's AArch64
+ * baseline has NEON) this is empty. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define OSN_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define OSN_SIMD_CLONES
+#endif
+
 /* Elements per parallel task: 256 KiB of float32 output, enough to hide task overhead. */
 #define CONVERT_TILE ((size_t)1 << 16)
 
@@ -21,6 +31,13 @@ static inline uint32_t f32_to_bits(float f) {
     return u;
 }
 
+/* cond ? a : b as bit masks: with a plain ?: GCC moves the float arithmetic of an arm
+ * under a branch (it may raise a floating-point flag), which stops vectorisation. */
+static inline uint32_t select_u32(int cond, uint32_t a, uint32_t b) {
+    const uint32_t m = 0u - (uint32_t)(cond != 0);
+    return (a & m) | (b & ~m);
+}
+
 static inline float half_to_float(uint16_t h) {
     const uint32_t sign = ((uint32_t)h & 0x8000u) << 16;
     const uint32_t exp = ((uint32_t)h >> 10) & 0x1fu;
@@ -31,7 +48,7 @@ static inline float half_to_float(uint16_t h) {
     const uint32_t special = 0x7f800000u | (man << 13);
     /* zero / subnormal: man * 2^-24, exact in float32 */
     const uint32_t subnormal = f32_to_bits((float)(int32_t)man * 0x1p-24f);
-    const uint32_t mag = exp == 0 ? subnormal : (exp == 31 ? special : normal);
+    const uint32_t mag = select_u32(exp == 0, subnormal, select_u32(exp == 31, special, normal));
     return bits_to_f32(sign | mag);
 }
 
@@ -45,10 +62,10 @@ static inline uint16_t float_to_half(float f) {
      * the float adder rounds to nearest even; the mantissa bits are then the half value */
     const uint32_t subnormal = f32_to_bits(bits_to_f32(a) + 0.5f) - 0x3f000000u;
     /* >= 65520 rounds past the largest half (65504): infinity */
-    const uint32_t mag = a > 0x7f800000u ? (0x7e00u | ((a >> 13) & 0x3ffu))
-                       : a >= 0x477ff000u ? 0x7c00u
-                       : a < 0x38800000u ? subnormal
-                       : normal;
+    const uint32_t nan = 0x7e00u | ((a >> 13) & 0x3ffu);
+    const uint32_t mag = select_u32(a > 0x7f800000u, nan,
+                                    select_u32(a >= 0x477ff000u, 0x7c00u,
+                                               select_u32(a < 0x38800000u, subnormal, normal)));
     return (uint16_t)(sign | mag);
 }
 
@@ -58,14 +75,14 @@ struct convert_ctx {
     size_t count;
 };
 
-static void f16_to_f32_task(void* arg, size_t start, size_t n) {
+OSN_SIMD_CLONES static void f16_to_f32_task(void* arg, size_t start, size_t n) {
     const struct convert_ctx* c = (const struct convert_ctx*)arg;
     float* restrict y = (float*)c->y + start;
     const uint16_t* restrict x = (const uint16_t*)c->x + start;
     for (size_t i = 0; i < n; i++) y[i] = half_to_float(x[i]);
 }
 
-static void f32_to_f16_task(void* arg, size_t start, size_t n) {
+OSN_SIMD_CLONES static void f32_to_f16_task(void* arg, size_t start, size_t n) {
     const struct convert_ctx* c = (const struct convert_ctx*)arg;
     uint16_t* restrict y = (uint16_t*)c->y + start;
     const float* restrict x = (const float*)c->x + start;

@@ -11,6 +11,16 @@
 #include "osn_k_math.h"
 #include "osn_internal.h"
 
+/* The hot loops are plain C; on x86-64 GCC also compiles them for AVX2 and AVX-512 and the
+ * loader picks the CPU's best (the baseline build targets SSE2 only). Without FP
+ * contraction (-std=c11) every clone rounds identically. Elsewhere (the Pi's AArch64
+ * baseline has NEON) this is empty. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define OSN_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define OSN_SIMD_CLONES
+#endif
+
 #define ELEMENTWISE_TILE ((size_t)1 << 14)   /* elements per task: 64 KiB of float32 */
 #define CHUNK 256                            /* elements per local buffer (1 KiB, in L1) */
 #define LANES 16                             /* independent partial sums/maxima per row */
@@ -111,7 +121,7 @@ struct unary_ctx {
     int approximate;
 };
 
-static void erf_task(void* arg, size_t start, size_t n) {
+OSN_SIMD_CLONES static void erf_task(void* arg, size_t start, size_t n) {
     const struct unary_ctx* c = (const struct unary_ctx*)arg;
     float buf[CHUNK];
     for (size_t i = start; i < start + n; i += CHUNK) {
@@ -122,7 +132,7 @@ static void erf_task(void* arg, size_t start, size_t n) {
     }
 }
 
-static void gelu_task(void* arg, size_t start, size_t n) {
+OSN_SIMD_CLONES static void gelu_task(void* arg, size_t start, size_t n) {
     const struct unary_ctx* c = (const struct unary_ctx*)arg;
     float buf[CHUNK];
     for (size_t i = start; i < start + n; i += CHUNK) {
@@ -160,7 +170,7 @@ int osn_gelu_f32(osn_pool* pool, float* y, const float* x, size_t count, int app
 }
 
 /* ------------------------------------------------------------------ softmax */
-static float row_max(const float* restrict x, size_t n) {
+OSN_SIMD_CLONES static float row_max(const float* x, size_t n) {
     float m[LANES];
     for (int j = 0; j < LANES; j++) m[j] = -INFINITY;
     size_t i = 0;
@@ -172,25 +182,32 @@ static float row_max(const float* restrict x, size_t n) {
     return r;
 }
 
-/* y = exp(x - mx); returns sum(y), partial sums of <= 4096 elements in float lanes,
- * accumulated across those blocks in double. */
-static double row_exp_sum(float* restrict y, const float* restrict x, size_t n, float mx) {
+/* y = exp(x - mx); returns sum(y). Partial sums of <= 4096 elements go in float lanes and
+ * are accumulated across those blocks in double. y may alias x: each CHUNK of x is copied
+ * to a local buffer first. */
+OSN_SIMD_CLONES static double row_exp_sum(float* y, const float* x, size_t n, float mx) {
     double total = 0.0;
+    float buf[CHUNK];
     for (size_t b = 0; b < n; b += 4096) {
         const size_t bn = n - b < 4096 ? n - b : 4096;
         float s[LANES] = {0};
-        size_t i = 0;
-        for (; i + LANES <= bn; i += LANES)
-            for (int j = 0; j < LANES; j++) {
-                const float e = exp_f32(x[b + i + j] - mx);
-                y[b + i + j] = e;
-                s[j] += e;
-            }
         float r = 0.0f;
-        for (; i < bn; i++) {
-            const float e = exp_f32(x[b + i] - mx);
-            y[b + i] = e;
-            r += e;
+        for (size_t c = 0; c < bn; c += CHUNK) {
+            const size_t m = bn - c < CHUNK ? bn - c : CHUNK;
+            memcpy(buf, x + b + c, m * sizeof(float));
+            float* yc = y + b + c;
+            size_t i = 0;
+            for (; i + LANES <= m; i += LANES)
+                for (int j = 0; j < LANES; j++) {
+                    const float e = exp_f32(buf[i + j] - mx);
+                    yc[i + j] = e;
+                    s[j] += e;
+                }
+            for (; i < m; i++) {
+                const float e = exp_f32(buf[i] - mx);
+                yc[i] = e;
+                r += e;
+            }
         }
         for (int j = 0; j < LANES; j++) r += s[j];
         total += r;
@@ -204,11 +221,11 @@ struct softmax_ctx {
     size_t cols;
 };
 
-static void softmax_task(void* arg, size_t row0, size_t nrows) {
+OSN_SIMD_CLONES static void softmax_task(void* arg, size_t row0, size_t nrows) {
     const struct softmax_ctx* c = (const struct softmax_ctx*)arg;
     for (size_t r = row0; r < row0 + nrows; r++) {
-        const float* restrict x = c->x + r * c->cols;
-        float* restrict y = c->y + r * c->cols;
+        const float* x = c->x + r * c->cols;
+        float* y = c->y + r * c->cols;
         const float mx = row_max(x, c->cols);
         const float inv = (float)(1.0 / row_exp_sum(y, x, c->cols, mx));
         for (size_t i = 0; i < c->cols; i++) y[i] *= inv;

@@ -28,7 +28,7 @@ int osn_gelu_f32(
     size_t count,         /* elements */
     int approximate);     /* 0: erf form, 1: tanh form */
 
-/* y[r, :] = exp(x[r, :] - max_r) / sum(exp(x[r, :] - max_r)) for each row (y must not overlap x). */
+/* y[r, :] = exp(x[r, :] - max_r) / sum(exp(x[r, :] - max_r)) for each row (y may alias x). */
 int osn_softmax_f32(
     osn_pool* pool,       /* threads to use (NULL: the calling thread) */
     float* y,             /* [rows, cols] row-major output */

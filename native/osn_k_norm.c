@@ -5,6 +5,16 @@
 #include "osn_k_norm.h"
 #include "osn_internal.h"
 
+/* The hot loops are plain C; on x86-64 GCC also compiles them for AVX2 and AVX-512 and the
+ * loader picks the CPU's best (the baseline build targets SSE2 only). Without FP
+ * contraction (-std=c11) every clone rounds identically. Elsewhere (the Pi's AArch64
+ * baseline has NEON) this is empty. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define OSN_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define OSN_SIMD_CLONES
+#endif
+
 #define LANES 16                              /* independent float32 partial sums */
 #define BLOCK 4096                            /* elements per two-pass statistics block (16 KiB) */
 #define CHUNK ((size_t)1 << 16)               /* elements per parallel task of a long row (256 KiB) */
@@ -29,7 +39,7 @@ static void moments_merge(struct moments* a, struct moments b) {
     a->n = n;
 }
 
-static float sum_f32(const float* restrict x, size_t n) {
+OSN_SIMD_CLONES static float sum_f32(const float* restrict x, size_t n) {
     float s[LANES] = {0};
     size_t i = 0;
     for (; i + LANES <= n; i += LANES)
@@ -40,7 +50,7 @@ static float sum_f32(const float* restrict x, size_t n) {
     return r;
 }
 
-static float sum_sq_dev_f32(const float* restrict x, size_t n, float c) {
+OSN_SIMD_CLONES static float sum_sq_dev_f32(const float* restrict x, size_t n, float c) {
     float s[LANES] = {0};
     size_t i = 0;
     for (; i + LANES <= n; i += LANES)
@@ -86,7 +96,7 @@ struct group_norm_ctx {
 };
 
 /* y = (x - mean) * (invstd * scale[ch]) + bias[ch] over elements [p0, p1) of row r. */
-static void group_norm_output(const struct group_norm_ctx* c, size_t r, size_t p0, size_t p1,
+OSN_SIMD_CLONES static void group_norm_output(const struct group_norm_ctx* c, size_t r, size_t p0, size_t p1,
                               float mean, double invstd) {
     const float* x = c->x + r * c->row_len;
     float* y = c->y + r * c->row_len;
@@ -178,7 +188,7 @@ struct layer_norm_ctx {
     double epsilon;
 };
 
-static void layer_norm_task(void* arg, size_t row0, size_t nrows) {
+OSN_SIMD_CLONES static void layer_norm_task(void* arg, size_t row0, size_t nrows) {
     const struct layer_norm_ctx* c = (const struct layer_norm_ctx*)arg;
     const size_t n = c->cols;
     const float* restrict scale = c->scale;

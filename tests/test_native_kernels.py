@@ -148,6 +148,17 @@ def test_softmax_matches_numpy(ctx, shape):
     np.testing.assert_allclose(got1, reduce.Softmax1(x, axis=x.ndim - 1), rtol=1e-5, atol=1e-7)
 
 
+def test_softmax_in_place_into_donated_buffer(ctx):
+    x = _rand((3, 5, 4099), 20)
+    want = reduce.Softmax13(x)
+    buf = x.copy()
+    assert nk.Softmax13(buf, _out=buf, _ctx=ctx) is buf
+    np.testing.assert_allclose(buf, want, rtol=1e-5, atol=1e-7)
+    buf = x.copy()
+    np.testing.assert_allclose(nk.Softmax1(buf, axis=1, _out=buf, _ctx=ctx), reduce.Softmax1(x, axis=1),
+                               rtol=1e-5, atol=1e-7)
+
+
 def test_softmax_opset1_flattens_and_other_axes_fall_back(ctx):
     x = _rand((2, 3, 19), 17)
     np.testing.assert_allclose(nk.Softmax1(x, axis=1, _ctx=ctx), reduce.Softmax1(x, axis=1), rtol=1e-5, atol=1e-7)
@@ -200,8 +211,11 @@ def test_wrappers_reject_bad_arrays():
         native.softmax_f32(x[:, ::2])
     with pytest.raises(ValueError, match="shape"):
         native.erf_f32(x, out=np.empty((4, 5), np.float32))
+    buf = _rand(30)
     with pytest.raises(ValueError, match="overlaps"):
-        native.softmax_f32(x, out=x)
+        native.softmax_f32(buf[:24].reshape(4, 6), out=buf[6:].reshape(4, 6))   # shifted overlap
+    with pytest.raises(ValueError, match="overlaps"):
+        native.layer_norm_f32(x, np.ones(6, np.float32), None, 1e-5, out=x)      # no in-place LayerNorm
     with pytest.raises(ValueError, match="scale"):
         native.group_norm_f32(x.reshape(1, 4, 6), np.ones(3, np.float32), np.zeros(4, np.float32), 4, 1e-5)
     with pytest.raises(ValueError, match="divisible"):

@@ -98,12 +98,15 @@ def LayerNormalization(x, scale, B=None, *, axis=-1, epsilon=1e-5, stash_type=1,
 
 
 # --------------------------------------------------------------------------- Erf, Gelu
-def _donated(out, x) -> np.ndarray | None:
-    """The interpreter's donated buffer (registry: ``_out``) when it can take the result."""
-    if (isinstance(out, np.ndarray) and out.shape == x.shape and out.dtype == _F32 and out.flags.writeable
-            and out.flags.c_contiguous):
-        return out
-    return None
+def _into(out, x: np.ndarray) -> np.ndarray | None:
+    """The interpreter's donated buffer (registry: ``_out``) when it can take a float32 result
+    of x's shape: the kernels accept x itself or a buffer that does not overlap x."""
+    if not (isinstance(out, np.ndarray) and out.shape == x.shape and out.dtype == _F32
+            and out.flags.writeable and out.flags.c_contiguous):
+        return None
+    if out.ctypes.data != x.ctypes.data and np.may_share_memory(out, x):
+        return None
+    return out
 
 
 @op("Erf", since=9, backend="native")
@@ -111,10 +114,7 @@ def Erf(x, *, _out=None, _ctx):
     if not _is_f32(x):
         return elementwise.Erf(x, _out=_out)
     xc = np.ascontiguousarray(x)
-    out = _donated(_out, x)
-    if out is not None and out is not xc and np.may_share_memory(out, xc):
-        out = None   # a partial overlap (never the case for a donated input, but be safe)
-    return native.erf_f32(xc, out, pool=_ctx.pool)
+    return native.erf_f32(xc, _into(_out, xc), pool=_ctx.pool)
 
 
 @op("Gelu", since=20, backend="native")
@@ -126,22 +126,26 @@ def Gelu(x, approximate="none", *, _ctx):
 
 # --------------------------------------------------------------------------- Softmax
 @op("Softmax", since=1, backend="native")
-def Softmax1(x, axis=1, *, _ctx):
+def Softmax1(x, axis=1, *, _out=None, _ctx):
     """Opsets 1-12: the input is flattened to [prod(shape[:axis]), prod(shape[axis:])]."""
     if not _is_f32(x) or not -x.ndim <= axis <= x.ndim:
         return reduce.Softmax1(x, axis=axis)
-    x2d = np.ascontiguousarray(reduce._coerce_2d(x, axis, "Softmax"))
+    xc = np.ascontiguousarray(x)
+    x2d = reduce._coerce_2d(xc, axis, "Softmax")
     if x2d.shape[1] == 0:
         return reduce.Softmax1(x, axis=axis)
-    return native.softmax_f32(x2d, pool=_ctx.pool).reshape(x.shape)
+    out = _into(_out, xc)
+    return native.softmax_f32(x2d, None if out is None else out.reshape(x2d.shape),
+                              pool=_ctx.pool).reshape(x.shape)
 
 
 @op("Softmax", since=13, backend="native")
-def Softmax13(x, axis=-1, *, _ctx):
+def Softmax13(x, axis=-1, *, _out=None, _ctx):
     """Opset 13+: one axis; the last one (attention scores) runs natively."""
     if not _is_f32(x) or axis not in (-1, x.ndim - 1):
         return reduce.Softmax13(x, axis=axis)
-    return native.softmax_f32(np.ascontiguousarray(x), pool=_ctx.pool)
+    xc = np.ascontiguousarray(x)
+    return native.softmax_f32(xc, _into(_out, xc), pool=_ctx.pool)
 
 
 # --------------------------------------------------------------------------- Cast
