@@ -375,12 +375,12 @@ def gelu_f32(x: np.ndarray, approximate: bool = False, out: np.ndarray | None = 
 
 
 def softmax_f32(x: np.ndarray, out: np.ndarray | None = None, *, pool: ThreadPool | None = None) -> np.ndarray:
-    """Softmax over the last axis of a float32 array (rank >= 1); out must not overlap x."""
+    """Softmax over the last axis of a float32 array (rank >= 1); out may be x itself."""
     what = f"Softmax {getattr(x, 'shape', '?')}"
     _need(what, x, "X", (np.float32,))
     if x.ndim < 1:
         raise ValueError(f"{what}: X must have rank >= 1")
-    out = _out_like(what, out, x.shape, np.float32, x, may_alias=False)
+    out = _out_like(what, out, x.shape, np.float32, x, may_alias=True)
     cols = x.shape[-1]
     rows = x.size // cols if cols else 0
     _check(lib.osn_softmax_f32(_pool_ptr(pool), out_ptr(out, "float *"), ptr(x, "float *"), rows, cols), what)
