@@ -113,6 +113,14 @@ def test_erf_accuracy(ctx, n):
     assert np.isnan(nk.Erf(np.array([np.nan], np.float32), _ctx=ctx)).all()
 
 
+def test_zero_dim_inputs_keep_their_shape(ctx):
+    x = np.array(0.5, np.float32)
+    assert nk.Erf(x, _ctx=ctx).shape == ()
+    assert nk.Gelu(x, _ctx=ctx).shape == ()
+    assert nk.Cast6(x, to=10, _ctx=ctx).shape == ()
+    assert nk.Cast6(x.astype(np.float16), to=1, _ctx=ctx).shape == ()
+
+
 def test_erf_in_place_into_donated_buffer(ctx):
     x = _rand((7, 19), 14)
     want = nk.Erf(x, _ctx=ctx)

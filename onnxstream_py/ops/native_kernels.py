@@ -24,8 +24,9 @@ def _is_f32(x) -> bool:
     return isinstance(x, np.ndarray) and x.dtype == _F32 and x.size > 0
 
 
-def _f32_vector(v) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(v, dtype=_F32).reshape(-1))
+def _contiguous(x: np.ndarray) -> np.ndarray:
+    """C order, copying only strided inputs (np.ascontiguousarray would turn 0-d into 1-d)."""
+    return x if x.flags.c_contiguous else np.ascontiguousarray(x)
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -37,7 +38,7 @@ def InstanceNormalization(x, scale, B, *, epsilon=1e-5, _ctx):
     c = x.shape[1]
     scale = norm._channel_vector("InstanceNormalization", "scale", scale, c, _F32)
     bias = norm._channel_vector("InstanceNormalization", "bias", B, c, _F32)
-    return native.group_norm_f32(np.ascontiguousarray(x), np.ascontiguousarray(scale),
+    return native.group_norm_f32(_contiguous(x), np.ascontiguousarray(scale),
                                  np.ascontiguousarray(bias), c, epsilon, pool=_ctx.pool)
 
 
@@ -54,7 +55,7 @@ def _group_norm(x, scale, bias, epsilon, num_groups, per_group_params: bool, poo
     else:
         scale = norm._channel_vector("GroupNormalization", "scale", scale, c, _F32)
         bias = norm._channel_vector("GroupNormalization", "bias", bias, c, _F32)
-    return native.group_norm_f32(np.ascontiguousarray(x), np.ascontiguousarray(scale),
+    return native.group_norm_f32(_contiguous(x), np.ascontiguousarray(scale),
                                  np.ascontiguousarray(bias), num_groups, epsilon, pool=pool)
 
 
@@ -84,7 +85,7 @@ def LayerNormalization(x, scale, B=None, *, axis=-1, epsilon=1e-5, stash_type=1,
     norm_shape = x.shape[axis:]
     col_mul = norm._cols_param("LayerNormalization", "Scale", scale, norm_shape, _F32)
     col_add = norm._cols_param("LayerNormalization", "B", B, norm_shape, _F32)
-    x2d = np.ascontiguousarray(x).reshape(rows, cols)
+    x2d = _contiguous(x).reshape(rows, cols)
     stats = _noutputs > 1
     mean = np.empty(rows, dtype=_F32) if stats else None
     invstd = np.empty(rows, dtype=_F32) if stats else None
@@ -113,7 +114,7 @@ def _into(out, x: np.ndarray) -> np.ndarray | None:
 def Erf(x, *, _out=None, _ctx):
     if not _is_f32(x):
         return elementwise.Erf(x, _out=_out)
-    xc = np.ascontiguousarray(x)
+    xc = _contiguous(x)
     return native.erf_f32(xc, _into(_out, xc), pool=_ctx.pool)
 
 
@@ -121,7 +122,7 @@ def Erf(x, *, _out=None, _ctx):
 def Gelu(x, approximate="none", *, _ctx):
     if not _is_f32(x) or approximate not in ("none", "tanh"):
         return elementwise.Gelu(x, approximate=approximate)
-    return native.gelu_f32(np.ascontiguousarray(x), approximate == "tanh", pool=_ctx.pool)
+    return native.gelu_f32(_contiguous(x), approximate == "tanh", pool=_ctx.pool)
 
 
 # --------------------------------------------------------------------------- Softmax
@@ -130,7 +131,7 @@ def Softmax1(x, axis=1, *, _out=None, _ctx):
     """Opsets 1-12: the input is flattened to [prod(shape[:axis]), prod(shape[axis:])]."""
     if not _is_f32(x) or not -x.ndim <= axis <= x.ndim:
         return reduce.Softmax1(x, axis=axis)
-    xc = np.ascontiguousarray(x)
+    xc = _contiguous(x)
     x2d = reduce._coerce_2d(xc, axis, "Softmax")
     if x2d.shape[1] == 0:
         return reduce.Softmax1(x, axis=axis)
@@ -142,9 +143,9 @@ def Softmax1(x, axis=1, *, _out=None, _ctx):
 @op("Softmax", since=13, backend="native")
 def Softmax13(x, axis=-1, *, _out=None, _ctx):
     """Opset 13+: one axis; the last one (attention scores) runs natively."""
-    if not _is_f32(x) or axis not in (-1, x.ndim - 1):
+    if not _is_f32(x) or x.ndim == 0 or axis not in (-1, x.ndim - 1):
         return reduce.Softmax13(x, axis=axis)
-    xc = np.ascontiguousarray(x)
+    xc = _contiguous(x)
     return native.softmax_f32(xc, _into(_out, xc), pool=_ctx.pool)
 
 
@@ -153,9 +154,9 @@ def _cast(x, to, pool):
     """float16 <-> float32 natively; None for every other conversion (the caller runs numpy)."""
     if isinstance(x, np.ndarray) and x.size > 0:
         if x.dtype == np.float16 and to == _ONNX_FLOAT:
-            return native.f16_to_f32(np.ascontiguousarray(x), pool=pool)
+            return native.f16_to_f32(_contiguous(x), pool=pool)
         if x.dtype == _F32 and to == _ONNX_FLOAT16:
-            return native.f32_to_f16(np.ascontiguousarray(x), pool=pool)
+            return native.f32_to_f16(_contiguous(x), pool=pool)
     return None
 
 
