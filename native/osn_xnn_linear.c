@@ -61,6 +61,43 @@ int osn_conv2d_weight_ohwi(void* dst, const void* src, int dtype, size_t cout, s
     return 0;
 }
 
+/* Tiles of TILE x TILE elements: both the rows read and the rows written stay in L1. */
+#define TILE 32
+
+struct transpose_ctx {
+    char* dst;
+    const char* src;
+    size_t es, rows, cols;
+};
+
+static inline __attribute__((always_inline)) void transpose_tile(
+        char* restrict dst, const char* restrict src, size_t es, size_t rows, size_t cols,
+        size_t r0, size_t c0, size_t nr, size_t nc) {
+    for (size_t c = c0; c < c0 + nc; c++)
+        for (size_t r = r0; r < r0 + nr; r++)
+            memcpy(dst + (c * rows + r) * es, src + (r * cols + c) * es, es);
+}
+
+static void transpose_task(void* arg, size_t b, size_t r0, size_t c0, size_t nr, size_t nc) {
+    const struct transpose_ctx* t = arg;
+    size_t plane = t->rows * t->cols * t->es;
+    char* dst = t->dst + b * plane;
+    const char* src = t->src + b * plane;
+    if (t->es == 4)
+        transpose_tile(dst, src, 4, t->rows, t->cols, r0, c0, nr, nc);
+    else
+        transpose_tile(dst, src, 2, t->rows, t->cols, r0, c0, nr, nc);
+}
+
+int osn_transpose_last2(void* dst, const void* src, osn_pool* pool, int dtype, size_t batch, size_t rows,
+                        size_t cols) {
+    size_t es = elem_size(dtype);
+    if (dst == NULL || src == NULL || es == 0) return OSN_E_INVALID_ARGUMENT;
+    struct transpose_ctx t = {(char*)dst, (const char*)src, es, rows, cols};
+    pthreadpool_parallelize_3d_tile_2d(osn_pool_handle(pool), transpose_task, &t, batch, rows, cols, TILE, TILE, 0);
+    return 0;
+}
+
 int osn_conv2d_create(osn_conv2d** op_out, const void* weight, const void* bias, int dtype, size_t groups,
                       size_t cin, size_t cout, size_t kh, size_t kw, size_t co_begin, size_t co_end,
                       size_t y_channels, uint32_t stride_h, uint32_t stride_w, uint32_t dilation_h,

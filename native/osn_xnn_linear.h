@@ -37,6 +37,15 @@ int osn_conv2d_weight_ohwi(
     size_t cout, size_t cig, size_t kh, size_t kw,
     size_t co_begin, size_t co_end);   /* the block of output channels to copy */
 
+/* dst[b][c][r] = src[b][r][c]: the layout change around XNNPACK convolutions, NCHW -> NHWC
+ * (rows = C, cols = H*W) and NHWC -> NCHW (rows = H*W, cols = C), in tiles on the pool. */
+int osn_transpose_last2(
+    void* dst,              /* [batch, cols, rows] */
+    const void* src,        /* [batch, rows, cols] */
+    osn_pool* pool,         /* NULL: calling thread only */
+    int dtype,              /* OSN_LINEAR_F32 / OSN_LINEAR_F16 (any 4- or 2-byte element) */
+    size_t batch, size_t rows, size_t cols);
+
 /* Create a convolution computing output channels [co_begin, co_end) of an ONNX Conv. */
 int osn_conv2d_create(
     osn_conv2d** op_out,    /* the operator; free with osn_conv2d_delete */

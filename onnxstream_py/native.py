@@ -152,6 +152,24 @@ def conv2d_weight_ohwi(w: np.ndarray, co_begin: int = 0, co_end: int | None = No
     return out
 
 
+def transpose_last2(src: np.ndarray, out: np.ndarray | None = None, pool=None) -> np.ndarray:
+    """[B, R, C] -> [B, C, R] (float32/float16), in cache tiles on the pool. NCHW -> NHWC is
+    src.reshape(N, C, H*W); NHWC -> NCHW is src.reshape(N, H*W, C). ``out`` defaults to an
+    xnn_empty array (ready to be an XNNPACK input)."""
+    if src.ndim != 3 or src.dtype not in _LINEAR_DTYPES:
+        raise ValueError(f"transpose_last2: input {src.dtype}{list(src.shape)}, expected float32/float16 [B, R, C]")
+    b, r, c = src.shape
+    if out is None:
+        out = xnn_empty((b, c, r), src.dtype)
+    elif out.shape != (b, c, r) or out.dtype != src.dtype:
+        raise ValueError(f"transpose_last2: output {out.dtype}{list(out.shape)}, expected {src.dtype}{[b, c, r]}")
+    if src.size:
+        src = np.ascontiguousarray(src)
+        _check(lib.osn_transpose_last2(out_ptr(out), ptr(src), ffi.NULL if pool is None else pool.handle,
+                                       _LINEAR_DTYPES[src.dtype], b, r, c), f"transpose_last2 {list(src.shape)}")
+    return out
+
+
 class XnnConv2d:
     """A created XNNPACK 2-D convolution (ONNX Conv semantics) on NHWC activations.
 

@@ -5,7 +5,7 @@ Usage: python scripts/bench_native.py [--threads 2] [--repeat 3] [--quick] [--no
 Conv (activation arrives NCHW, as in the engine today), per shape, medians of --repeat runs:
   xnn run     XNNPACK f32 setup+run on an NHWC input already in place (operator created)
   pack s      seconds to create the operator (OIHW->OHWI relayout + XNNPACK packing)
-  transp s    NCHW->NHWC of the input plus NHWC->NCHW of the output (numpy copies)
+  transp s    NCHW->NHWC of the input plus NHWC->NCHW of the output (native.transpose_last2)
   xnn op      the native op's XNNPACK path as run today: transposes + create (in weight
               blocks of ops/native_linear.WEIGHT_BLOCK_BYTES) + run + delete
   numpy       onnxstream_py.ops.conv.conv_nd (the numpy/BLAS path)
@@ -116,9 +116,8 @@ def bench_conv(name, x_shape, cout, k, stride, pad, pool, args):
         t_run = median_time(lambda: op.run(x_nhwc, y_nhwc, pool=pool), r)
 
     def transposes():
-        xi = native.xnn_empty(x_nhwc.shape, x.dtype)
-        np.copyto(xi, x.transpose(0, 2, 3, 1))
-        np.ascontiguousarray(y_nhwc.transpose(0, 3, 1, 2))
+        native.transpose_last2(x.reshape(n, cin, h * w), pool=pool)
+        native.transpose_last2(y_nhwc.reshape(n, oh * ow, cout), pool=pool)
     t_tr = median_time(transposes, r)
     t_op = median_time(lambda: native_linear.conv2d_xnnpack(x, wt, b, [stride] * 2, pads, [1, 1], 1, pool), r)
     t_np = median_time(lambda: conv_nd(x, wt, b, [stride] * 2, pads, [1, 1], 1), r)

@@ -122,6 +122,15 @@ def test_fc_matches_numpy(dtype, weight_kn, m, k, n):
         assert _nmse(got, want) < 1e-5 and _nmse(y, want - b) < 1e-5
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("shape", [(1, 13, 19), (2, 127, 33), (1, 320, 64 * 64), (3, 1, 5)])
+def test_transpose_matches_numpy(dtype, shape):
+    src = np.random.default_rng(4).standard_normal(shape).astype(dtype)
+    np.testing.assert_array_equal(native.transpose_last2(src, pool=POOL), src.transpose(0, 2, 1))
+    out = np.empty((shape[0], shape[2], shape[1]), dtype)
+    np.testing.assert_array_equal(native.transpose_last2(src, out), src.transpose(0, 2, 1))
+
+
 def test_wrapper_errors_before_c():
     w = np.ones((4, 3, 3, 3), np.float32)
     with pytest.raises(ValueError, match="dtypes"):
@@ -141,6 +150,10 @@ def test_wrapper_errors_before_c():
             op.run(np.ones((1, 2, 2, 3), np.float32))
     with pytest.raises(native.NativeError, match="after close"):
         op.run(np.ones((1, 5, 5, 3), np.float32))
+    with pytest.raises(ValueError, match="transpose_last2"):
+        native.transpose_last2(np.ones((3, 4), np.float32))
+    with pytest.raises(ValueError, match="transpose_last2"):
+        native.transpose_last2(np.ones((1, 3, 4), np.float32), np.empty((1, 3, 4), np.float32))
     fc = native.XnnFullyConnected(np.ones((3, 4), np.float32))
     with pytest.raises(ValueError, match=r"\[M, 3\]"):
         fc.run(np.ones((2, 4), np.float32))

@@ -58,8 +58,7 @@ def conv2d_xnnpack(x, w, b, strides, pads, dilations, groups, pool=None) -> np.n
     of output channels for a large weight), transpose back. pads: [top, left, bottom, right]."""
     n, cin, h, wd = x.shape
     cout = w.shape[0]
-    x_nhwc = native.xnn_empty((n, h, wd, cin), x.dtype)
-    np.copyto(x_nhwc, x.transpose(0, 2, 3, 1))
+    x_nhwc = native.transpose_last2(x.reshape(n, cin, h * wd), pool=pool).reshape(n, h, wd, cin)
     blocks = _blocks(cout, w[0].nbytes) if groups == 1 else [(0, cout)]
     y_nhwc = None
     for c0, c1 in blocks:
@@ -70,7 +69,9 @@ def conv2d_xnnpack(x, w, b, strides, pads, dilations, groups, pool=None) -> np.n
                 y_nhwc = np.empty((n, oh, ow, cout), x.dtype)
             conv.run(x_nhwc, y_nhwc, c0, pool)
     del x_nhwc
-    return np.ascontiguousarray(y_nhwc.transpose(0, 3, 1, 2))
+    y = np.empty((n, cout, oh, ow), x.dtype)
+    native.transpose_last2(y_nhwc.reshape(n, oh * ow, cout), y.reshape(n, cout, oh * ow), pool)
+    return y
 
 
 @op("Conv", since=1, backend="native")
