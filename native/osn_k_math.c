@@ -54,14 +54,14 @@ static inline float exp_f32(float x) {
     const float n = t - magic;
     float r = xc - n * 0.693359375f;
     r = r - n * -2.12194440054690583e-4f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    /* Estrin's scheme: short dependency chains, so several vectors overlap in flight */
+    const float r2 = r * r;
+    const float r4 = r2 * r2;
+    const float q01 = 1.0f + r;
+    const float q23 = 0.5f + r * (1.0f / 6.0f);
+    const float q45 = 1.0f / 24.0f + r * (1.0f / 120.0f);
+    const float q67 = 1.0f / 720.0f + r * (1.0f / 5040.0f);
+    const float p = (q01 + r2 * q23) + r4 * (q45 + r2 * q67);
     uint32_t tb;
     memcpy(&tb, &t, sizeof tb);
     const uint32_t sb = (tb + 127u) << 23;   /* n + 127 in the exponent field */
@@ -73,36 +73,33 @@ static inline float exp_f32(float x) {
 
 /* ------------------------------------------------------------------ erf */
 /* Same method as the numpy reference (ops/elementwise.py, _erf_block): for |z| >= 0.5,
- * erfc(z) = t exp(-z^2 + g(t)) with t = 1 / (1 + z/2) and g a degree-8 Chebyshev fit in
- * u = 2t - 1 (coefficients printed from elementwise._ERFC_TAIL_F32); below 0.5 the Maclaurin
- * series 2/sqrt(pi) sum_n (-1)^n z^(2n+1) / (n! (2n+1)), n <= 6 (next term < 1e-9). */
+ * erfc(z) = t exp(-z^2 + g(t)) with t = 1 / (1 + z/2) and g the degree-8 Chebyshev fit in
+ * u = 2t - 1 of elementwise._ERFC_TAIL_F32, here in monomial form (numpy's cheb2poly;
+ * float32 evaluation within 1.5e-7 of the float64 Chebyshev sum) evaluated with Estrin's
+ * scheme for short dependency chains. Below 0.5 the Maclaurin series
+ * 2/sqrt(pi) sum_n (-1)^n z^(2n+1) / (n! (2n+1)), n <= 6 (next term < 1e-9). */
 static const float ERFC_TAIL[9] = {
-    -0.6513455171984324f, 0.6419005261894296f, 0.01944480383118404f,
-    -0.009612355880269628f, -0.000965560396033607f, 0.0003404374870126022f,
-    3.511583033025151e-05f, -2.9017839878411044e-05f, -3.1144620276963653e-06f,
+    -0.671794111718008f, 0.6726429061444504f, 0.04734583856146775f,
+    -0.046883172294521575f, -0.009908356948552348f, 0.008696997858583674f,
+    0.001921008849658318f, -0.0018571417522183068f, -0.00039865113954513475f,
 };
 
 static inline float erf_f32(float x) {
     const float z = fabsf(x);
     const float t = 1.0f / (1.0f + 0.5f * z);
     const float u = 2.0f * t - 1.0f;
-    const float u2 = 2.0f * u;
-    float b1 = 0.0f, b2 = 0.0f;
-    for (int k = 8; k >= 1; k--) {    /* Clenshaw recurrence */
-        const float b0 = u2 * b1 - b2 + ERFC_TAIL[k];
-        b2 = b1;
-        b1 = b0;
-    }
-    const float g = u * b1 - b2 + ERFC_TAIL[0];
+    const float u2 = u * u;
+    const float u4 = u2 * u2;
+    const float* c = ERFC_TAIL;
+    const float g = ((c[0] + c[1] * u) + u2 * (c[2] + c[3] * u))
+                  + u4 * (((c[4] + c[5] * u) + u2 * (c[6] + c[7] * u)) + u4 * c[8]);
     const float tail = 1.0f - t * exp_f32(g - z * z);
-    const float z2 = z * z;
-    float s = 0.00012055332981789664f;
-    s = s * z2 - 0.0008548327023450852f;
-    s = s * z2 + 0.005223977625442188f;
-    s = s * z2 - 0.026866170645131252f;
-    s = s * z2 + 0.11283791670955126f;
-    s = s * z2 - 0.37612638903183754f;
-    s = s * z2 + 1.1283791670955126f;
+    const float w = z * z;
+    const float w2 = w * w;
+    const float w4 = w2 * w2;
+    const float s = ((1.1283791670955126f - 0.37612638903183754f * w)
+                     + w2 * (0.11283791670955126f - 0.026866170645131252f * w))
+                  + w4 * ((0.005223977625442188f - 0.0008548327023450852f * w) + w2 * 0.00012055332981789664f);
     const float series = s * z;
     return copysignf(select_f32(z < 0.5f, series, tail), x);
 }
@@ -170,15 +167,26 @@ int osn_gelu_f32(osn_pool* pool, float* y, const float* x, size_t count, int app
 }
 
 /* ------------------------------------------------------------------ softmax */
+/* Row maximum through order-preserving integer keys (a float compare-and-select does not
+ * vectorise under -ftrapping-math, an integer max reduction does): for IEEE floats, the
+ * bits with the magnitude flipped for negatives sort like the values. A NaN with a clear
+ * sign bit sorts above +inf, so it becomes the maximum and the row turns NaN, as in numpy;
+ * any other NaN turns the row NaN through exp(NaN - max). */
+static inline int32_t order_key(float v) {
+    int32_t k;
+    memcpy(&k, &v, sizeof k);
+    return k ^ ((k >> 31) & 0x7fffffff);
+}
+
 OSN_SIMD_CLONES static float row_max(const float* x, size_t n) {
-    float m[LANES];
-    for (int j = 0; j < LANES; j++) m[j] = -INFINITY;
-    size_t i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int j = 0; j < LANES; j++) m[j] = select_f32(x[i + j] > m[j], x[i + j], m[j]);
-    float r = -INFINITY;
-    for (int j = 0; j < LANES; j++) r = m[j] > r ? m[j] : r;
-    for (; i < n; i++) r = x[i] > r ? x[i] : r;
+    int32_t m = INT32_MIN;
+    for (size_t i = 0; i < n; i++) {
+        const int32_t k = order_key(x[i]);
+        m = k > m ? k : m;
+    }
+    const int32_t bits = m ^ ((m >> 31) & 0x7fffffff);
+    float r;
+    memcpy(&r, &bits, sizeof r);
     return r;
 }
 
