@@ -73,8 +73,11 @@ class Interpreter:
     def _fetch_weight(self, name: str) -> np.ndarray:
         decl = self.graph.weights[name]
         a = self.provider.get(name)
-        if a.dtype != decl.dtype:
-            a = a.astype(decl.dtype)       # --fp16 storage: widen per op
+        if a.dtype != decl.dtype:          # --fp16 storage: widen per op
+            if self.ctx is not None and a.dtype == np.float16 and decl.dtype == np.float32:
+                a = self.ctx.widen(a)
+            else:
+                a = a.astype(decl.dtype)
         return _read_only(a)
 
     def _gather_rows(self, step: Step, table_name: str, indices: np.ndarray) -> list:

@@ -11,5 +11,10 @@ class NativeContext:
         self.options = options
         self.pool = ThreadPool(options.threads)
 
+    def widen(self, a):
+        """float16 weight -> float32 on the pool (numpy's astype is ~5x slower)."""
+        from . import native
+        return native.f16_to_f32(a if a.flags.c_contiguous else a.copy(), pool=self.pool)
+
     def close(self) -> None:
         self.pool.close()
