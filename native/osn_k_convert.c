@@ -92,13 +92,13 @@ OSN_SIMD_CLONES static void f32_to_f16_task(void* arg, size_t start, size_t n) {
 int osn_f16_to_f32(osn_pool* pool, float* y, const uint16_t* x, size_t count) {
     if ((y == NULL || x == NULL) && count != 0) return OSN_E_INVALID_ARGUMENT;
     struct convert_ctx c = {y, x, count};
-    pthreadpool_parallelize_1d_tile_1d(osn_pool_handle(pool), f16_to_f32_task, &c, count, CONVERT_TILE, 0);
+    pthreadpool_parallelize_1d_tile_1d(osn_pool_handle(pool), f16_to_f32_task, &c, count, CONVERT_TILE, OSN_PARALLEL_FLAGS);
     return 0;
 }
 
 int osn_f32_to_f16(osn_pool* pool, uint16_t* y, const float* x, size_t count) {
     if ((y == NULL || x == NULL) && count != 0) return OSN_E_INVALID_ARGUMENT;
     struct convert_ctx c = {y, x, count};
-    pthreadpool_parallelize_1d_tile_1d(osn_pool_handle(pool), f32_to_f16_task, &c, count, CONVERT_TILE, 0);
+    pthreadpool_parallelize_1d_tile_1d(osn_pool_handle(pool), f32_to_f16_task, &c, count, CONVERT_TILE, OSN_PARALLEL_FLAGS);
     return 0;
 }

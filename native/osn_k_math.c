@@ -154,7 +154,7 @@ OSN_SIMD_CLONES static void gelu_task(void* arg, size_t start, size_t n) {
 int osn_erf_f32(osn_pool* pool, float* y, const float* x, size_t count) {
     if ((y == NULL || x == NULL) && count != 0) return OSN_E_INVALID_ARGUMENT;
     struct unary_ctx c = {y, x, 0};
-    pthreadpool_parallelize_1d_tile_1d(osn_pool_handle(pool), erf_task, &c, count, ELEMENTWISE_TILE, 0);
+    pthreadpool_parallelize_1d_tile_1d(osn_pool_handle(pool), erf_task, &c, count, ELEMENTWISE_TILE, OSN_PARALLEL_FLAGS);
     return 0;
 }
 
@@ -162,7 +162,7 @@ int osn_gelu_f32(osn_pool* pool, float* y, const float* x, size_t count, int app
     if ((y == NULL || x == NULL) && count != 0) return OSN_E_INVALID_ARGUMENT;
     if (approximate != 0 && approximate != 1) return OSN_E_INVALID_ARGUMENT;
     struct unary_ctx c = {y, x, approximate};
-    pthreadpool_parallelize_1d_tile_1d(osn_pool_handle(pool), gelu_task, &c, count, ELEMENTWISE_TILE, 0);
+    pthreadpool_parallelize_1d_tile_1d(osn_pool_handle(pool), gelu_task, &c, count, ELEMENTWISE_TILE, OSN_PARALLEL_FLAGS);
     return 0;
 }
 
@@ -245,6 +245,6 @@ int osn_softmax_f32(osn_pool* pool, float* y, const float* x, size_t rows, size_
     if (cols == 0) return 0;
     struct softmax_ctx c = {y, x, cols};
     size_t tile = SOFTMAX_ROW_ELEMS / cols;
-    pthreadpool_parallelize_1d_tile_1d(osn_pool_handle(pool), softmax_task, &c, rows, tile ? tile : 1, 0);
+    pthreadpool_parallelize_1d_tile_1d(osn_pool_handle(pool), softmax_task, &c, rows, tile ? tile : 1, OSN_PARALLEL_FLAGS);
     return 0;
 }

@@ -150,7 +150,7 @@ int osn_group_norm_f32(osn_pool* pool, float* y, const float* x, const float* sc
     struct group_norm_ctx c = {y, x, scale, bias, groups, channels_per_group, spatial, row_len,
                                (row_len + CHUNK - 1) / CHUNK, (double)epsilon, NULL, NULL, NULL};
     if (c.nchunks == 1) {
-        pthreadpool_parallelize_1d(tp, group_norm_row_task, &c, rows, 0);
+        pthreadpool_parallelize_1d(tp, group_norm_row_task, &c, rows, OSN_PARALLEL_FLAGS);
         return 0;
     }
     c.stats = (struct moments*)malloc(rows * c.nchunks * sizeof(struct moments));
@@ -162,14 +162,14 @@ int osn_group_norm_f32(osn_pool* pool, float* y, const float* x, const float* sc
         free(c.row_invstd);
         return OSN_E_OUT_OF_MEMORY;
     }
-    pthreadpool_parallelize_2d(tp, group_norm_stats_task, &c, rows, c.nchunks, 0);
+    pthreadpool_parallelize_2d(tp, group_norm_stats_task, &c, rows, c.nchunks, OSN_PARALLEL_FLAGS);
     for (size_t r = 0; r < rows; r++) {
         struct moments m = {0, 0, 0};
         for (size_t k = 0; k < c.nchunks; k++) moments_merge(&m, c.stats[r * c.nchunks + k]);
         c.row_mean[r] = (float)m.mean;
         c.row_invstd[r] = invstd_of(m, c.epsilon);
     }
-    pthreadpool_parallelize_2d(tp, group_norm_output_task, &c, rows, c.nchunks, 0);
+    pthreadpool_parallelize_2d(tp, group_norm_output_task, &c, rows, c.nchunks, OSN_PARALLEL_FLAGS);
     free(c.stats);
     free(c.row_mean);
     free(c.row_invstd);
@@ -215,6 +215,6 @@ int osn_layer_norm_f32(osn_pool* pool, float* y, float* mean, float* invstd, con
     if (y == NULL || x == NULL || scale == NULL) return OSN_E_INVALID_ARGUMENT;
     struct layer_norm_ctx c = {y, mean, invstd, x, scale, bias, cols, (double)epsilon};
     const size_t tile = LAYER_NORM_TILE_ELEMS / cols;
-    pthreadpool_parallelize_1d_tile_1d(osn_pool_handle(pool), layer_norm_task, &c, rows, tile ? tile : 1, 0);
+    pthreadpool_parallelize_1d_tile_1d(osn_pool_handle(pool), layer_norm_task, &c, rows, tile ? tile : 1, OSN_PARALLEL_FLAGS);
     return 0;
 }

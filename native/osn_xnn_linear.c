@@ -94,7 +94,7 @@ int osn_transpose_last2(void* dst, const void* src, osn_pool* pool, int dtype, s
     size_t es = elem_size(dtype);
     if (dst == NULL || src == NULL || es == 0) return OSN_E_INVALID_ARGUMENT;
     struct transpose_ctx t = {(char*)dst, (const char*)src, es, rows, cols};
-    pthreadpool_parallelize_3d_tile_2d(osn_pool_handle(pool), transpose_task, &t, batch, rows, cols, TILE, TILE, 0);
+    pthreadpool_parallelize_3d_tile_2d(osn_pool_handle(pool), transpose_task, &t, batch, rows, cols, TILE, TILE, OSN_PARALLEL_FLAGS);
     return 0;
 }
 
@@ -128,11 +128,11 @@ int osn_conv2d_create(osn_conv2d** op_out, const void* weight, const void* bias,
         st = xnn_create_convolution2d_nhwc_f32(pad_top, pad_right, pad_bottom, pad_left, (uint32_t)kh, (uint32_t)kw,
                                                stride_h, stride_w, dilation_h, dilation_w, (uint32_t)groups, cig, cog,
                                                cin, y_channels, (const float*)packed_from, (const float*)b,
-                                               -INFINITY, INFINITY, 0, &op);
+                                               -INFINITY, INFINITY, OSN_XNN_FLAGS, &op);
     else
         st = xnn_create_convolution2d_nhwc_f16(pad_top, pad_right, pad_bottom, pad_left, (uint32_t)kh, (uint32_t)kw,
                                                stride_h, stride_w, dilation_h, dilation_w, (uint32_t)groups, cig, cog,
-                                               cin, y_channels, packed_from, b, -INFINITY, INFINITY, 0, &op);
+                                               cin, y_channels, packed_from, b, -INFINITY, INFINITY, OSN_XNN_FLAGS, &op);
     free(tmp);
     if (st != xnn_status_success) return (int)st;
     osn_conv2d* c = (osn_conv2d*)malloc(sizeof(osn_conv2d));
@@ -177,9 +177,9 @@ int osn_fc_create(osn_fc** op_out, const void* weight, const void* bias, int dty
     *op_out = NULL;
     const void* kernel = (const char*)weight + n_begin * k * es;   /* [N, K]: a block is contiguous rows */
     void* tmp = NULL;
-    uint32_t flags = 0;
+    uint32_t flags = OSN_XNN_FLAGS;
     if (weight_kn) {
-        flags = XNN_FLAG_TRANSPOSE_WEIGHTS;   /* kernel is [K, count] */
+        flags |= XNN_FLAG_TRANSPOSE_WEIGHTS;   /* kernel is [K, count] */
         kernel = weight;
         if (count != n) {   /* copy the block of columns: [K, count] */
             tmp = malloc(k * count * es);
