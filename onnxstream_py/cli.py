@@ -2,6 +2,7 @@
 
     onnxstream convert MODEL.onnx OUT_DIR [--fp16] [--fix-shape NAME=d0,d1,...]
     onnxstream run MODEL_DIR --input NAME=FILE.npy ... [--output-dir DIR] [--provider prefetch]
+    onnxstream tune MODEL_DIR --input NAME=FILE.npy ...   # measure kernel choices (native backend)
     onnxstream demo            # convert + run the tiny SD UNet shipped in the package
 
 Every command prints its wall time and the process's peak RSS (getrusage max RSS).
@@ -87,6 +88,26 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from . import kernel_choice
+    from .model import Model
+    from .options import RunOptions
+    feeds = _parse_inputs(args.input)
+    opts = RunOptions(threads=args.threads, backend="native", kernel_choice="measure")
+    kernel_choice.clear()
+    t0 = time.perf_counter()
+    with Model(args.model_dir, provider=args.provider, options=opts) as model:
+        model.run(feeds)
+        path = model.save_kernel_choices()
+    for e in kernel_choice.table():
+        secs = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in sorted(e["seconds"].items()))
+        print(f"{e['key'][0]:8s} {e['choice']:8s} ({secs})  {e['key'][1:]}")
+    where = path or "nowhere (the model directory is read-only)"
+    print(f"tuned {len(kernel_choice.table())} op shapes in {time.perf_counter() - t0:.1f} s; "
+          f"stored in {where}; peak RSS {peak_rss_mib():.1f} MiB")
+    return 0
+
+
 def demo_feeds(seed: int = 0) -> dict:
     """Inputs of the tiny SD UNet: a 16x16 latent, a timestep, a 77-token text embedding."""
     import numpy as np
@@ -151,6 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--runs", type=int, default=1, help="run N times, report the best time")
     run_opts(r)
     r.set_defaults(fn=cmd_run)
+
+    t = sub.add_parser("tune", help="measure XNNPACK vs BLAS per op shape for the native backend, "
+                                     "store the choices beside the model")
+    t.add_argument("model_dir")
+    t.add_argument("--input", action="append", metavar="NAME=FILE.npy",
+                   help="inputs at the sizes you will run (one per model input)")
+    t.add_argument("--provider", default="prefetch")
+    t.add_argument("--threads", type=int, default=None, help="the thread count you will run with")
+    t.set_defaults(fn=cmd_tune)
 
     d = sub.add_parser("demo", help="convert and run the tiny synthetic SD UNet shipped with the package")
     d.add_argument("--model", help="another .onnx to use instead (inputs must match the demo's)")

@@ -7,12 +7,18 @@ the op; later ones cost a dict lookup. The result of the winner's timed run is r
 no run is wasted on the final answer.
 
 Keys are tuples of str/int/float (nested tuples allowed) and values dicts of str/float, so
-the table round-trips through JSON (``table()`` / ``load()``); a later step stores it beside
-the model and adds an ``onnxstream tune`` command.
+the table round-trips through JSON (``table()`` / ``load()``). A Model stores it beside the
+converted model (``kernel_choices.json``, per machine fingerprint) and loads it again, so a
+shape is measured once per machine, not once per process. Ordinary runs measure nothing:
+a shape without a stored choice takes the op's default rule; ``onnxstream tune`` (or
+``RunOptions(kernel_choice="measure")``) measures the shapes a run meets and stores them.
 """
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import platform
 import time
 from typing import Any, Callable, Mapping
 
@@ -36,10 +42,14 @@ def lookup(op_key: tuple) -> str | None:
     return None if entry is None else entry["choice"]
 
 
-def run_chosen(op_key: tuple, candidates: Mapping[str, Callable[[], Any]]) -> Any:
-    """Run the chosen candidate for ``op_key`` and return its result; measure all the
-    candidates first if ``op_key`` is new (each: one warm-up run, then one timed run)."""
+def run_chosen(op_key: tuple, candidates: Mapping[str, Callable[[], Any]], measure: bool = True,
+               default: str | None = None) -> Any:
+    """Run the chosen candidate for ``op_key`` and return its result. For a new ``op_key``:
+    with ``measure``, time every candidate first (each: one warm-up run, then one timed run)
+    and remember the fastest; without, run ``default`` (the op's rule) and remember nothing."""
     choice = lookup(op_key)
+    if choice is None and not measure:
+        choice = default if default is not None else next(iter(candidates))
     if choice is not None:
         if choice not in candidates:
             raise ValueError(f"kernel choice {choice!r} for {op_key} is not among {sorted(candidates)}")
@@ -88,6 +98,60 @@ def load(entries: list[dict]) -> None:
 
 def clear() -> None:
     _TABLE.clear()
+
+
+# ---------------------------------------------------------------- on disk, beside the model
+
+CHOICES_FILE = "kernel_choices.json"
+FILE_FORMAT = 1
+
+
+def machine_fingerprint() -> str:
+    """What makes a measurement valid elsewhere: CPU model, architecture and core count."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "cpu model", "hardware")):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{platform.machine()}|{model or platform.processor()}|{os.cpu_count()}"
+
+
+def load_file(model_dir: str) -> int:
+    """Load this machine's stored choices for the model in ``model_dir``; returns how many."""
+    path = os.path.join(model_dir, CHOICES_FILE)
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        entries = data["machines"].get(machine_fingerprint(), []) if data.get("format") == FILE_FORMAT else []
+        load(entries)
+        return len(entries)
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: unreadable kernel choices ({e}); delete it and run `onnxstream tune`") from None
+
+
+def save_file(model_dir: str) -> str:
+    """Store this process's choices for this machine beside the model (other machines' kept)."""
+    path = os.path.join(model_dir, CHOICES_FILE)
+    data = {"format": FILE_FORMAT, "machines": {}}
+    try:
+        with open(path) as f:
+            old = json.load(f)
+        if old.get("format") == FILE_FORMAT:
+            data["machines"] = dict(old.get("machines", {}))
+    except (OSError, ValueError):
+        pass
+    data["machines"][machine_fingerprint()] = table()
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+    return path
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from weights_providers.base import WeightsProvider
 from weights_providers.format import WEIGHTS_FILE, WeightsError
 
 from .errors import InputError
+from . import kernel_choice
 from .graph import GRAPH_FILE, Graph, read_graph
 from .interpreter import Interpreter
 from .native_context import NativeContext
@@ -76,7 +77,10 @@ class Model:
             raise
         if self.options.threads is not None:
             set_blas_threads(self.options.threads)
-        self.ctx = NativeContext(self.options) if self.options.backend == "native" else None
+        self.ctx = None
+        if self.options.backend == "native":
+            self.ctx = NativeContext(self.options)
+            kernel_choice.load_file(path)
         self._interpreter = Interpreter(self.graph, self.plan, self.provider, self.ctx)
         self._runs = 0
 
@@ -132,7 +136,18 @@ class Model:
         if self._runs:
             self.provider.restart()
         self._runs += 1
-        return self._interpreter.run(feeds)
+        out = self._interpreter.run(feeds)
+        if self.ctx is not None and self.ctx.measure_kernels:
+            self.save_kernel_choices()
+        return out
+
+    def save_kernel_choices(self) -> str | None:
+        """Store the measured kernel choices beside the model; None if the directory is
+        read-only (the choices still hold for this process)."""
+        try:
+            return kernel_choice.save_file(self.path)
+        except OSError:
+            return None
 
     def close(self) -> None:
         p = getattr(self, "provider", None)

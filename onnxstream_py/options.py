@@ -22,11 +22,17 @@ class RunOptions:
     # "numpy": the reference path. "native": C kernels and XNNPACK where an op has them
     # (ops/native_*.py), numpy for the rest; needs the compiled extension.
     backend: str = "numpy"
+    # Native backend, ops with several kernels (XNNPACK or BLAS): "cached" uses the choices
+    # measured for this machine (kernel_choices.json beside the model) and a default rule
+    # for shapes without one; "measure" times unseen shapes and stores the result.
+    kernel_choice: str = "cached"
 
     def __post_init__(self):
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"RunOptions.threads must be >= 1, got {self.threads}")
         if self.attention_slices < 0:
             raise ValueError(f"RunOptions.attention_slices must be >= 0, got {self.attention_slices}")
+        if self.kernel_choice not in ("cached", "measure"):
+            raise ValueError(f"RunOptions.kernel_choice must be 'cached' or 'measure', got {self.kernel_choice!r}")
         if self.backend not in ("numpy", "native"):
             raise ValueError(f"RunOptions.backend must be 'numpy' or 'native', got {self.backend!r}")

@@ -23,6 +23,7 @@ from op_testing import assert_matches, ort_outputs
 
 POOL = native.ThreadPool(2)
 NATIVE = onnxstream_py.RunOptions(backend="native", threads=2)
+NATIVE_MEASURE = onnxstream_py.RunOptions(backend="native", kernel_choice="measure")
 
 
 def _nmse(got, want) -> float:
@@ -221,7 +222,7 @@ def test_native_ops_match_onnxruntime(name, model, feeds, choice):
     want = ort_outputs(model, feeds)[0]
     kernel_choice.clear()
     if choice is None:      # measured
-        got = run_model(model, feeds, options=NATIVE)[0]
+        got = run_model(model, feeds, options=NATIVE_MEASURE)[0]
         measured = [e["key"][0] for e in kernel_choice.table()]
         assert measured == ([] if "falls-back" in name else [model.graph.node[0].op_type])
     else:
@@ -269,3 +270,24 @@ def test_large_weight_is_packed_in_blocks(monkeypatch):
         monkeypatch.setattr(native_linear, "WEIGHT_BLOCK_BYTES", 19 * 4 * 4)   # 4 columns per block
         got = native_linear.fc_xnnpack(a, wm, None, weight_kn, POOL)
         np.testing.assert_allclose(got, a @ (wm if weight_kn else wm.T), rtol=1e-4, atol=1e-4)
+
+
+def test_cached_mode_measures_nothing_and_tune_persists_beside_the_model(tmp_path):
+    """Ordinary runs take the default rule for unmeasured shapes; measuring stores the
+    choices in kernel_choices.json beside the model, and a new Model loads them."""
+    from onnxstream_py.converter import convert_model_proto
+    name, model, feeds = _op_cases()[0]
+    convert_model_proto(model, str(tmp_path / "m"))
+    kernel_choice.clear()
+    with onnxstream_py.Model(str(tmp_path / "m"), options=NATIVE) as m:
+        m.run(feeds)
+    assert kernel_choice.table() == []
+    assert not (tmp_path / "m" / kernel_choice.CHOICES_FILE).exists()
+    with onnxstream_py.Model(str(tmp_path / "m"), options=NATIVE_MEASURE) as m:
+        m.run(feeds)
+    stored = kernel_choice.table()
+    assert len(stored) == 1 and stored[0]["choice"] in ("xnnpack", "blas")
+    assert (tmp_path / "m" / kernel_choice.CHOICES_FILE).exists()
+    kernel_choice.clear()
+    with onnxstream_py.Model(str(tmp_path / "m"), options=NATIVE) as m:
+        assert kernel_choice.table() == stored

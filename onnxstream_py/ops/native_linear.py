@@ -101,7 +101,7 @@ def Conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     return kernel_choice.run_chosen(key, {
         "xnnpack": lambda: conv2d_xnnpack(x, w, b, strides, xpads, dilations, group, pool),
         "blas": lambda: conv_nd(x, w, b, strides, onnx_pads, dilations, group),
-    })
+    }, measure=_ctx.measure_kernels, default=_ctx.default_kernel)
 
 
 # ---------------------------------------------------------------- MatMul / Gemm
@@ -128,7 +128,8 @@ def _linear(op_name, a, w, bias, weight_kn, ctx, numpy_fn):
     def xnn():
         return fc_xnnpack(a.reshape(m, k), w, bias, weight_kn, pool).reshape(a.shape[:-1] + (n,))
 
-    return kernel_choice.run_chosen(key, {"xnnpack": xnn, "blas": numpy_fn})
+    return kernel_choice.run_chosen(key, {"xnnpack": xnn, "blas": numpy_fn},
+                                    measure=ctx.measure_kernels, default=ctx.default_kernel)
 
 
 @op("MatMul", since=1, backend="native")
