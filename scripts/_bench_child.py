@@ -47,15 +47,26 @@ def load_ort(path, threads, provider):
     return run, lambda: None
 
 
-def load_onnxstream(path, threads, provider):
+def load_onnxstream(path, threads, provider, backend="numpy", kernel_choice="cached"):
     import onnxstream_py
 
     model = onnxstream_py.Model(path, provider=provider,
-                                options=onnxstream_py.RunOptions(threads=threads))
+                                options=onnxstream_py.RunOptions(threads=threads, backend=backend,
+                                                                 kernel_choice=kernel_choice))
     return model.run, model.close
 
 
-LOADERS = {"ort": load_ort, "onnxstream": load_onnxstream}
+def load_onnxstream_native(path, threads, provider):
+    return load_onnxstream(path, threads, provider, backend="native")
+
+
+def load_onnxstream_tune(path, threads, provider):
+    """Measure the native backend's kernel choices (stored beside the model); not timed."""
+    return load_onnxstream(path, threads, provider, backend="native", kernel_choice="measure")
+
+
+LOADERS = {"ort": load_ort, "onnxstream": load_onnxstream, "onnxstream-native": load_onnxstream_native,
+           "onnxstream-tune": load_onnxstream_tune}
 
 
 def describe(path):

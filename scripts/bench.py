@@ -20,7 +20,7 @@ from the model's own ONNX inputs (symbolic dims: batch 1, sequence 77, spatial
 Usage:
     python scripts/bench.py [--models-dir /work/synth/sd15]
         [--models text_encoder,unet,vae_decoder] [--provider nocache[,prefetch,ram]]
-        [--runs 1] [--threads 2] [--out-json F] [--engines ort,onnxstream]
+        [--runs 1] [--threads 2] [--out-json F] [--engines ort,onnxstream] [--backends numpy,native]
 """
 import argparse
 import json
@@ -201,17 +201,26 @@ def bench_model(name, args, env, vocab_size):
             print(f"[{name}] convert ...", flush=True)
             conv = convert(model_path, converted, env, args.timeout)
         rows.append(conv)
-        for provider in args.providers:
-            if not conv["ok"]:
-                break
-            print(f"[{name}] onnxstream_py ({provider}) ...", flush=True)
-            out = os.path.join(work, f"out_onnxstream_{provider}.npz")
-            row = run_child("onnxstream", converted, inputs, out, args, env, provider)
-            if row["ok"] and ort_ok:
-                row["max_abs_err"], row["rel_err"], notes = compare(out, ref_out)
-                if notes:
-                    row["compare_notes"] = notes
-            rows.append(row)
+        for backend in args.backends:
+            engine = "onnxstream" if backend == "numpy" else "onnxstream-native"
+            if backend == "native" and conv["ok"] and not args.no_tune:
+                # ordinary runs use stored kernel choices: measure them first (untimed)
+                print(f"[{name}] onnxstream tune (native kernel choices) ...", flush=True)
+                tune = run_child("onnxstream-tune", converted, inputs, os.path.join(work, "out_tune.npz"),
+                                 args, env, "ram")
+                if not tune["ok"]:
+                    rows.append(tune)
+            for provider in args.providers:
+                if not conv["ok"]:
+                    break
+                print(f"[{name}] onnxstream_py {backend} ({provider}) ...", flush=True)
+                out = os.path.join(work, f"out_{engine}_{provider}.npz")
+                row = run_child(engine, converted, inputs, out, args, env, provider)
+                if row["ok"] and ort_ok:
+                    row["max_abs_err"], row["rel_err"], notes = compare(out, ref_out)
+                    if notes:
+                        row["compare_notes"] = notes
+                rows.append(row)
     for r in rows:
         r["model"] = name
         if not r.get("ok", False):
@@ -265,6 +274,9 @@ def main(argv=None):
     ap.add_argument("--provider", default="nocache",
                     help="onnxstream_py weights provider(s), comma separated")
     ap.add_argument("--engines", default="ort,onnxstream")
+    ap.add_argument("--backends", default="numpy", help="onnxstream_py backends: numpy,native")
+    ap.add_argument("--no-tune", action="store_true",
+                    help="native backend: use the stored kernel choices / default rule without measuring first")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--latent-size", type=int, default=None,
@@ -280,6 +292,7 @@ def main(argv=None):
 
     args.providers = [p for p in args.provider.split(",") if p]
     args.engines = [e for e in args.engines.split(",") if e]
+    args.backends = [b for b in args.backends.split(",") if b]
     args.work_dir = args.work_dir or os.path.join(args.models_dir, "_bench")
     names = [m for m in args.models.split(",") if m]
 
