@@ -17,8 +17,10 @@ class RunOptions:
     attention_slice_bytes: int = 16 * MiB
     # Read-ahead budget of the "prefetch" provider.
     prefetch_bytes: int = 32 * MiB
-    # Verify each weight's CRC-32 when it is read.
-    verify_checksums: bool = True
+    # Weight CRC-32 checks: "first" checks each weight the first time this model reads it
+    # (a corrupted or truncated file is caught on first use) and trusts later reads of the
+    # same bytes; "always" checks every read; "never" skips them. True/False = always/never.
+    verify_checksums: str | bool = "first"
     # "numpy": the reference path. "native": C kernels and XNNPACK where an op has them
     # (ops/native_*.py), numpy for the rest; needs the compiled extension.
     backend: str = "numpy"
@@ -32,6 +34,9 @@ class RunOptions:
             raise ValueError(f"RunOptions.threads must be >= 1, got {self.threads}")
         if self.attention_slices < 0:
             raise ValueError(f"RunOptions.attention_slices must be >= 0, got {self.attention_slices}")
+        if self.verify_checksums not in (True, False, "always", "first", "never"):
+            raise ValueError(f"RunOptions.verify_checksums must be 'always', 'first' or 'never', "
+                             f"got {self.verify_checksums!r}")
         if self.kernel_choice not in ("cached", "measure"):
             raise ValueError(f"RunOptions.kernel_choice must be 'cached' or 'measure', got {self.kernel_choice!r}")
         if self.backend not in ("numpy", "native"):

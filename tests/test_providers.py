@@ -613,3 +613,46 @@ def test_readahead_close_and_bad_budget(ra_factory):
         ra.take(Item("a", 10))
     with pytest.raises(ValueError):
         ReadAhead(src.fetch, -1)
+
+
+@pytest.mark.parametrize("mode,caught_later", [("always", True), ("first", False)])
+def test_verify_modes_first_read_and_later_reads(tmp_path, mode, caught_later):
+    """Both modes catch a corruption present at the first read; only "always" re-checks
+    bytes that change after a tensor was verified once."""
+    import numpy as np
+    from weights_providers import DiskNoCache, WeightsError
+    from weights_providers.format import WeightsIndex, WeightsWriter
+    a = np.arange(4096, dtype=np.float32)
+    path = str(tmp_path / "w.bin")
+    w = WeightsWriter(path, [("a", a.dtype, a.shape)])
+    w.write("a", a)
+    w.close()
+    entry = WeightsIndex.read(path)["a"]
+
+    def flip():
+        with open(path, "r+b") as f:
+            f.seek(entry.offset + 100)
+            byte = f.read(1)
+            f.seek(entry.offset + 100)
+            f.write(bytes([byte[0] ^ 0x40]))
+
+    flip()
+    with DiskNoCache(path, verify=mode) as p:
+        with pytest.raises(WeightsError, match="checksum"):
+            p.get("a")
+    flip()                                   # restore
+    with DiskNoCache(path, verify=mode) as p:
+        np.testing.assert_array_equal(p.get("a"), a)
+        flip()
+        if caught_later:
+            with pytest.raises(WeightsError, match="checksum"):
+                p.get("a")
+        else:
+            assert not np.array_equal(p.get("a"), a)   # trusted after its first check
+
+
+def test_verify_mode_never_and_bad_value(tmp_path):
+    from weights_providers.tensorfile import verify_mode
+    assert verify_mode(True) == "always" and verify_mode(False) == "never"
+    with pytest.raises(ValueError, match="verify must be one of"):
+        verify_mode("sometimes")

@@ -38,7 +38,7 @@ class _OnDisk(WeightsProvider):
 class DiskNoCache(_OnDisk):
     """Reads each tensor from disk on every ``get``; holds no tensor data."""
 
-    def __init__(self, path, verify: bool = True):
+    def __init__(self, path, verify="always"):
         self._file = TensorFile(path, verify)
 
     def get(self, name: str) -> np.ndarray:
@@ -57,7 +57,7 @@ class DiskNoCache(_OnDisk):
 class DiskPrefetch(_OnDisk):
     """Reads tensors ahead of use in plan order on a background thread, within a budget."""
 
-    def __init__(self, path, budget_bytes: int = 32 * 2**20, verify: bool = True):
+    def __init__(self, path, budget_bytes: int = 32 * 2**20, verify="always"):
         self._file = TensorFile(path, verify)
         # The thread references only the file's read method, never this object, so an
         # unclosed provider can still be collected (and __del__ stops the thread).

@@ -25,7 +25,7 @@ from .disk import DiskNoCache
 class Ram(WeightsProvider):
     """Caches every tensor read from the inner provider; ``release`` keeps it."""
 
-    def __init__(self, path_or_provider, preload: bool = False, verify: bool = True):
+    def __init__(self, path_or_provider, preload: bool = False, verify="always"):
         if isinstance(path_or_provider, (str, bytes, os.PathLike)):
             self._inner = DiskNoCache(path_or_provider, verify=verify)
         elif callable(getattr(path_or_provider, "get", None)):

@@ -29,12 +29,33 @@ def weights_path(path) -> str:
     return path
 
 
-class TensorFile:
-    """An open weights file: its index and checked reads of whole tensors or of rows."""
+VERIFY_MODES = ("always", "first", "never")
 
-    def __init__(self, path, verify: bool = True):
+
+def verify_mode(verify) -> str:
+    """``verify`` as one of VERIFY_MODES (True means "always", False "never")."""
+    if verify is True:
+        return "always"
+    if verify is False:
+        return "never"
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES} (or a bool), got {verify!r}")
+    return verify
+
+
+class TensorFile:
+    """An open weights file: its index and checked reads of whole tensors or of rows.
+
+    ``verify``: "always" checks every read against the tensor's CRC-32; "first" checks a
+    tensor the first time it is read through this file object and trusts later reads of
+    it (a run streams every weight again, and a CRC of 3.3 GB costs about a second of CPU
+    here, several on a Raspberry Pi); "never" skips checks.
+    """
+
+    def __init__(self, path, verify="always"):
         self.path = weights_path(path)
-        self.verify = verify
+        self.verify_mode = verify_mode(verify)
+        self.verify = self.verify_mode != "never"
         self.index = WeightsIndex.read(self.path)
         try:
             self._fd: int | None = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
@@ -64,8 +85,9 @@ class TensorFile:
         """The whole tensor, read into a fresh buffer and checked against its CRC-32."""
         raw = np.empty(entry.nbytes, dtype=np.uint8)
         got = self._pread(entry, raw, entry.offset)
-        arr = decode_tensor(entry, raw if got == entry.nbytes else raw[:got], self.path, self.verify)
-        if self.verify:
+        check = self.verify and not (self.verify_mode == "first" and entry.name in self._verified)
+        arr = decode_tensor(entry, raw if got == entry.nbytes else raw[:got], self.path, check)
+        if check:
             self._verified.add(entry.name)
         return arr
 
