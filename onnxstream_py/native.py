@@ -170,7 +170,31 @@ def transpose_last2(src: np.ndarray, out: np.ndarray | None = None, pool=None) -
     return out
 
 
-class XnnConv2d:
+class _OwnedOperator:
+    """A created native operator owned by Python: freed by close(), a with-block, or when
+    collected. Subclasses set ``self._op`` and say how to free it (``_free``)."""
+
+    _op = None
+
+    def _free(self, handle) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self._op is not None:
+            self._free(self._op)
+            self._op = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+
+class XnnConv2d(_OwnedOperator):
     """A created XNNPACK 2-D convolution (ONNX Conv semantics) on NHWC activations.
 
     w: [Cout, Cin/groups, kh, kw] ONNX weight (float32 or float16), b: [Cout] or None, same dtype.
@@ -244,22 +268,11 @@ class XnnConv2d:
                                   n, h, w, y_channel_offset), f"{self._what} input {list(x.shape)}")
         return y
 
-    def close(self) -> None:
-        if getattr(self, "_op", None) is not None:
-            lib.osn_conv2d_delete(self._op)
-            self._op = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        self.close()
+    def _free(self, handle) -> None:
+        lib.osn_conv2d_delete(handle)
 
 
-class XnnFullyConnected:
+class XnnFullyConnected(_OwnedOperator):
     """A created XNNPACK fully-connected operator: y = x @ W (+ bias) for x [M, K].
 
     w: [K, N] when ``weight_kn`` (MatMul's B) else [N, K] (Gemm with transB=1); b: [N] or
@@ -311,19 +324,8 @@ class XnnFullyConnected:
                               x.shape[0], y_col_offset), f"{self._what} input {list(x.shape)}")
         return y
 
-    def close(self) -> None:
-        if getattr(self, "_op", None) is not None:
-            lib.osn_fc_delete(self._op)
-            self._op = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        self.close()
+    def _free(self, handle) -> None:
+        lib.osn_fc_delete(handle)
 
 
 # ---- own kernels ----
