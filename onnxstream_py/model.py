@@ -14,7 +14,7 @@ import weights_providers as wp
 from weights_providers.base import WeightsProvider
 from weights_providers.format import WEIGHTS_FILE, WeightsError
 
-from .errors import InputError
+from .errors import EngineError, InputError
 from . import kernel_choice
 from .graph import GRAPH_FILE, Graph, read_graph
 from .interpreter import Interpreter
@@ -59,6 +59,9 @@ class Model:
                  options: RunOptions | None = None):
         self.path = path
         self.options = options or RunOptions()
+        if os.path.isfile(path) and path.lower().endswith(".onnx"):
+            raise EngineError(f"{path} is an ONNX file; convert it once with `onnxstream convert {path} OUT_DIR` "
+                              f"and load OUT_DIR")
         self.graph: Graph = read_graph(os.path.join(path, GRAPH_FILE))
         self.plan: Plan = build_plan(self.graph, self.options)
         weights_path = os.path.join(path, WEIGHTS_FILE)

@@ -169,3 +169,10 @@ def test_cli_reports_errors_in_one_line(converted, tmp_path):
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     assert "input 'x'" in r.stderr and "dim 1 must be 3" in r.stderr
+
+
+def test_onnx_file_given_instead_of_converted_dir(tmp_path):
+    path = tmp_path / "model.onnx"
+    onnx.save(mb.conv_mlp(), str(path))
+    with pytest.raises(osp.EngineError, match=r"is an ONNX file; convert it once with `onnxstream convert"):
+        osp.Model(str(path))
