@@ -304,3 +304,26 @@ def test_provider_and_const_arrays_are_never_written(tmp_path):
     np.testing.assert_array_equal(p.arrays[name], w)
     np.testing.assert_array_equal(first, second)
     np.testing.assert_array_equal(first, np.maximum(w + 1, 0))
+
+
+def test_native_sliced_attention_matches_its_numpy_twin():
+    from onnxstream_py import ops
+    from onnxstream_py.native_context import NativeContext
+    from onnxstream_py.ops.attention import SlicedAttention
+    ops.load_native()
+    native_op = ops.lookup("SlicedAttention", 1, "onnxstream", backend="native")
+    assert native_op.backend == "native"
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((2, 3, 127, 19)).astype(np.float32)
+    kt = rng.standard_normal((2, 3, 19, 131)).astype(np.float32)
+    v = rng.standard_normal((2, 3, 131, 13)).astype(np.float32)
+    mask = rng.standard_normal((127, 131)).astype(np.float32)
+    scale = np.array(0.3, np.float32)
+    ctx = NativeContext(osp.RunOptions(backend="native", threads=2))
+    try:
+        for slices in (0, 7):
+            want = SlicedAttention(q, kt, v, scale, mask, scale_op="mul", slices=slices)
+            got = native_op.fn(q, kt, v, scale, mask, scale_op="mul", slices=slices, _ctx=ctx)
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    finally:
+        ctx.close()

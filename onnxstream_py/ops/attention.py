@@ -39,6 +39,12 @@ def SlicedAttention(q, kt, v, scale=None, mask=None, *, scale_op="", slices=0, s
     Works one (batch, head) matrix and one block of query rows at a time, so every product
     is a plain 2-D GEMM writing a contiguous block of the output.
     """
+    return sliced_attention(q, kt, v, scale, mask, scale_op, slices, slice_bytes, _softmax_last_inplace)
+
+
+def sliced_attention(q, kt, v, scale, mask, scale_op, slices, slice_bytes, softmax_inplace):
+    """The body of SlicedAttention; ``softmax_inplace(s)`` normalises a score block's rows
+    in place (numpy here, a C kernel on the native backend)."""
     if q.ndim < 2 or kt.ndim < 2 or v.ndim < 2:
         raise ValueError(f"SlicedAttention: q, kᵀ, v must have rank >= 2, got {q.shape}, {kt.shape}, {v.shape}")
     m, n = q.shape[-2], kt.shape[-1]
@@ -72,7 +78,7 @@ def SlicedAttention(q, kt, v, scale=None, mask=None, *, scale_op="", slices=0, s
                 s /= factor
             if mi is not None:
                 s += mi[r0:r1] if mi.shape[0] == m else mi
-            _softmax_last_inplace(s)
+            softmax_inplace(s)
             if s.dtype != score_dtype:
                 s = s.astype(score_dtype)
             np.matmul(s, vi, out=oi[r0:r1])
