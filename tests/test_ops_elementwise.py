@@ -414,3 +414,31 @@ def test_mismatched_dtypes_and_shapes_raise_named_errors():
         ops.lookup("Add", 14).fn(np.zeros(3, np.float32), np.zeros(3, np.int64))
     with pytest.raises(ValueError, match=r"Mul.*\(3,\).*\(4,\)"):
         ops.lookup("Mul", 14).fn(np.zeros(3, np.float32), np.zeros(4, np.float32))
+
+
+@pytest.mark.parametrize("op_name", ["Sigmoid", "Erf"])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided"])
+def test_blockwise_ops_honour_any_layout_and_donated_buffers(op_name, layout):
+    """Composite formulas run block by block over flat views: a channels-last or strided input,
+    and a donated output buffer of any layout, must still receive every element (regression:
+    a non-contiguous donated buffer was written through a reshaped copy and left unchanged)."""
+    from onnxstream_py.ops import elementwise as ew
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((1, 24, 37, 41)).astype(np.float32)   # > one block of 32768
+    if layout == "nhwc":
+        x = np.ascontiguousarray(base.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    elif layout == "strided":
+        x = base[:, :, :, ::2]
+    else:
+        x = base
+    ref = getattr(ew, op_name)(np.ascontiguousarray(x))
+    fn = getattr(ew, op_name)
+    y = fn(x)
+    np.testing.assert_array_equal(y, ref)
+    if layout == "nhwc":
+        assert not y.flags.c_contiguous and y.transpose(0, 2, 3, 1).flags.c_contiguous   # layout kept
+    for donated in (x.copy(order="K"), np.ascontiguousarray(x),
+                    np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)):
+        out = fn(donated.copy(order="K"), _out=donated)
+        assert out is donated
+        np.testing.assert_array_equal(out, ref)

@@ -40,15 +40,30 @@ def _fits(buf, shape, dtype) -> bool:
 _BLOCK = 1 << 15   # elements per block for composite formulas: their passes stay in cache
 
 
+def _flat_pair(x: np.ndarray, out: np.ndarray):
+    """1-D views of x and out walking both in x's memory order (channels-last stays
+    channels-last), or None when the two are not laid out alike and contiguous."""
+    order = sorted(range(x.ndim), key=lambda i: -x.strides[i])
+    xv, ov = x.transpose(order), out.transpose(order)
+    if xv.flags.c_contiguous and ov.flags.c_contiguous:
+        return xv.reshape(-1), ov.reshape(-1)
+    return None
+
+
 def _blockwise(fn, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """out = fn(x) evaluated block by block (temporaries of one block only); out may be x."""
+    """out = fn(x) evaluated block by block (temporaries of one block only); out may be x.
+    The output keeps x's memory order; a donated ``out`` may have any strides."""
     if not _fits(out, x.shape, x.dtype):
-        out = np.empty(x.shape, dtype=x.dtype)
+        out = np.empty_like(x)
     if x.size <= _BLOCK:
         out[...] = fn(x)
         return out
-    xf = np.ascontiguousarray(x).reshape(-1)
-    of = out.reshape(-1)
+    flat = _flat_pair(x, out)
+    if flat is None:        # strided input or a donated buffer laid out differently
+        y = _blockwise(fn, np.ascontiguousarray(x))
+        np.copyto(out, y)
+        return out
+    xf, of = flat
     for i in range(0, xf.size, _BLOCK):
         of[i:i + _BLOCK] = fn(xf[i:i + _BLOCK])
     return out
