@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import OpError
 from .graph import Graph
+from .op_cache import CacheSlot
 from .plan import Plan, Step
 
 
@@ -69,6 +70,13 @@ class Interpreter:
         self.graph = graph
         self.plan = plan
         self.provider = provider
+        cache = getattr(ctx, "op_cache", None)
+        self._slots: dict[int, CacheSlot] = {}
+        if cache is not None and cache.budget > 0:
+            for i, step in enumerate(plan.steps):
+                if step.impl.wants_cache:
+                    names = tuple(step.node.inputs[j] for j in sorted(step.weight_inputs))
+                    self._slots[i] = CacheSlot(cache, i, names)
 
     def _fetch_weight(self, name: str) -> np.ndarray:
         decl = self.graph.weights[name]
@@ -105,12 +113,14 @@ class Interpreter:
         for i, step in enumerate(self.plan.steps):
             node = step.node
             t0 = time.perf_counter() if level else 0.0
+            slot = self._slots.get(i)
+            from_cache = slot is not None and slot.entry is not None   # weights not needed
             args = []
             for j, name in enumerate(node.inputs):
                 if not name:
                     args.append(None)
                 elif j in step.weight_inputs:
-                    args.append(None if (step.row_gather and j == 0) else self._fetch_weight(name))
+                    args.append(None if (step.row_gather and j == 0) or from_cache else self._fetch_weight(name))
                 elif name in env:
                     args.append(env[name])
                 else:
@@ -120,6 +130,8 @@ class Interpreter:
             kwargs = step.kwargs
             if step.impl.wants_ctx:
                 kwargs = dict(kwargs, _ctx=self.ctx)
+            if step.impl.wants_cache:
+                kwargs = dict(kwargs, _cache=slot)
             if step.donors:
                 buf = _donation(step, args, env)
                 if buf is not None:
@@ -138,8 +150,10 @@ class Interpreter:
             for name, value in zip(node.outputs, result):
                 if name:
                     env[name] = value
-            for j in step.weight_inputs:
-                provider.release(node.inputs[j])
+            if not from_cache:
+                kept = slot is not None and slot.entry is not None    # the op cached a prepared copy
+                for j in step.weight_inputs:
+                    (provider.drop if kept else provider.release)(node.inputs[j])
             del args, result
             if level:
                 line = f"[{i + 1}/{total}] {node.op_type} {node.name}"

@@ -82,10 +82,18 @@ class Model:
             set_blas_threads(self.options.threads)
         self.ctx = None
         if self.options.backend == "native":
-            self.ctx = NativeContext(self.options)
+            self.ctx = NativeContext(self.options, self._operator_cache_budget(provider))
             kernel_choice.load_file(path)
         self._interpreter = Interpreter(self.graph, self.plan, self.provider, self.ctx)
         self._runs = 0
+        self._planned_cache_version = 0
+
+    def _operator_cache_budget(self, provider) -> int:
+        budget = self.options.operator_cache_bytes
+        if budget is not None:
+            return budget
+        keeps_all = provider == "ram" if isinstance(provider, str) else isinstance(provider, wp.Ram)
+        return 1 << 62 if keeps_all else 0
 
     @property
     def input_names(self) -> list[str]:
@@ -137,6 +145,12 @@ class Model:
         """Run once; returns {output name: array}."""
         feeds = self._validate(feeds)
         if self._runs:
+            cache = self.ctx.op_cache if self.ctx is not None else None
+            if cache is not None and cache.version != self._planned_cache_version:
+                # ops served from the operator cache no longer read their weights
+                skip = cache.cached_weights()
+                self.provider.plan([n for n in self.plan.weight_order if n not in skip])
+                self._planned_cache_version = cache.version
             self.provider.restart()
         self._runs += 1
         out = self._interpreter.run(feeds)

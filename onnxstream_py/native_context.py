@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 
+from .op_cache import OperatorCache
 from .options import RunOptions
 
 # Without a measurement: XNNPACK's NEON kernels on ARM; on x86, numpy's OpenBLAS, which
@@ -14,10 +15,11 @@ DEFAULT_KERNEL = "xnnpack" if platform.machine().lower() in ("aarch64", "arm64",
 
 
 class NativeContext:
-    def __init__(self, options: RunOptions):
+    def __init__(self, options: RunOptions, operator_cache_bytes: int = 0):
         from .native import ThreadPool
         self.options = options
         self.pool = ThreadPool(options.threads)
+        self.op_cache = OperatorCache(operator_cache_bytes)
         self.measure_kernels = options.kernel_choice == "measure"
         self.default_kernel = DEFAULT_KERNEL
 
@@ -27,4 +29,5 @@ class NativeContext:
         return native.f16_to_f32(a if a.flags.c_contiguous else a.copy(), pool=self.pool)
 
     def close(self) -> None:
+        self.op_cache.clear()
         self.pool.close()

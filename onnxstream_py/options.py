@@ -28,6 +28,11 @@ class RunOptions:
     # measured for this machine (kernel_choices.json beside the model) and a default rule
     # for shapes without one; "measure" times unseen shapes and stores the result.
     kernel_choice: str = "cached"
+    # Native backend: bytes of prepared operators (XNNPACK's packed weights) kept across runs,
+    # so later runs skip reading and packing those weights (op_cache.py). None: unlimited with
+    # the "ram" provider (which keeps every weight anyway; a cached op's raw weight is dropped),
+    # 0 with the streaming ones, whose point is not to hold the model.
+    operator_cache_bytes: int | None = None
 
     def __post_init__(self):
         if self.threads is not None and self.threads < 1:
@@ -39,5 +44,7 @@ class RunOptions:
                              f"got {self.verify_checksums!r}")
         if self.kernel_choice not in ("cached", "measure"):
             raise ValueError(f"RunOptions.kernel_choice must be 'cached' or 'measure', got {self.kernel_choice!r}")
+        if self.operator_cache_bytes is not None and self.operator_cache_bytes < 0:
+            raise ValueError(f"RunOptions.operator_cache_bytes must be >= 0 or None, got {self.operator_cache_bytes}")
         if self.backend not in ("numpy", "native"):
             raise ValueError(f"RunOptions.backend must be 'numpy' or 'native', got {self.backend!r}")

@@ -14,6 +14,9 @@ How the engine drives a provider, per run:
     get(name)          just before an op that needs the weight ...
     get_rows(name, r)  ... or, for Gather from a huge table, only the rows ``r`` of it;
     release(name)      right after that op: the engine holds no reference any more.
+    drop(name)         instead of release, when the engine keeps a derived copy (a packed
+                       operator) and will not ask for ``name`` while it lasts: a caching
+                       provider may free its own copy (it must still serve a later get).
     close()            when the model is closed (also via ``with provider: ...``).
 
 Arrays handed out must be treated as read-only by the caller (the engine never modifies
@@ -41,6 +44,10 @@ class WeightsProvider(abc.ABC):
 
     def release(self, name: str) -> None:
         """Hint: the engine no longer holds the array last returned for ``name``."""
+
+    def drop(self, name: str) -> None:
+        """Hint: like release, and the engine will not need ``name`` again for a while."""
+        self.release(name)
 
     def restart(self) -> None:
         """Hint: a new run starts; requests follow the plan from its beginning again."""

@@ -82,6 +82,10 @@ class Ram(WeightsProvider):
             return np.take(arr, np.asarray(rows, dtype=np.int64), axis=0)
         return self._inner.get_rows(name, rows)
 
+    def drop(self, name: str) -> None:
+        """The engine keeps its own prepared copy: forget ours (a later get reads it again)."""
+        self._cache.pop(name, None)
+
     def plan(self, order: Sequence[str]) -> None:
         self._order = list(order)
         self._plan_inner()

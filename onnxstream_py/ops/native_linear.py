@@ -1,11 +1,14 @@
 """Native Conv (2-D) and MatMul/Gemm (2-D weight B) through XNNPACK, chosen by measurement.
 
 Trade-off: XNNPACK is not assumed to beat the numpy/BLAS path; for every new shape key
-``kernel_choice.run_chosen`` times both on the real inputs (XNNPACK including its weight
-packing and, for Conv, the NCHW<->NHWC transposes, since without an operator cache both
-happen on every run) and keeps the faster. Other dtypes, ranks and attributes go to the numpy
-op. Memory: a weight larger than WEIGHT_BLOCK_BYTES is packed one block of output channels
-at a time (create, run, delete), so the ONNX weight never coexists with a full packed copy.
+``kernel_choice.run_chosen`` times both on the real inputs and keeps the faster. What
+XNNPACK pays depends on context, so the Conv key says it: its weight packing is paid every
+run unless the operator cache keeps the packed operator ("cached"), and an NCHW input costs
+a transpose that a channels-last one (layout.py) does not. XNNPACK's Conv output is left
+channels-last, so consecutive convolutions (and the elementwise ops between them) never
+transpose. Other dtypes, ranks and attributes go to the numpy op. Memory: without the cache
+a weight larger than WEIGHT_BLOCK_BYTES is packed one block of output channels at a time
+(create, run, delete), so the ONNX weight never coexists with a full packed copy.
 Reference: https://onnx.ai/onnx/operators/onnx__Conv.html, onnx__MatMul.html, onnx__Gemm.html
 """
 from __future__ import annotations
@@ -14,6 +17,7 @@ import numpy as np
 
 from .. import kernel_choice
 from .. import native
+from ..layout import is_nhwc, nhwc_buffer
 from .conv import Conv as numpy_conv, _ints, conv_nd, resolve_pads
 from .linalg import Gemm7 as numpy_gemm7, Gemm11 as numpy_gemm11, MatMul as numpy_matmul, matmul
 from .registry import op
@@ -53,30 +57,102 @@ def _same_float(*arrays) -> bool:
 
 # ---------------------------------------------------------------- Conv
 
-def conv2d_xnnpack(x, w, b, strides, pads, dilations, groups, pool=None) -> np.ndarray:
-    """ONNX Conv (2-D, NCHW in and out) through XNNPACK: transpose to NHWC, run (by blocks
-    of output channels for a large weight), transpose back. pads: [top, left, bottom, right]."""
-    n, cin, h, wd = x.shape
+class PreparedConv:
+    """XNNPACK operators for every output-channel block of one Conv weight: what the operator
+    cache keeps across runs (the packed weight), closed when evicted or the model closes."""
+
+    def __init__(self, w, b, strides, xpads, dilations, groups):
+        cout = w.shape[0]
+        blocks = _blocks(cout, w[0].nbytes) if groups == 1 else [(0, cout)]
+        self.cin, self.cout, self.dtype = w.shape[1] * groups, cout, w.dtype
+        self.nbytes = w.nbytes + (0 if b is None else b.nbytes)
+        self.blocks = []
+        try:
+            for c0, c1 in blocks:
+                self.blocks.append((c0, native.XnnConv2d(w, b, groups=groups, strides=strides, dilations=dilations,
+                                                         pads=xpads, co_begin=c0, co_end=c1, y_channels=cout)))
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self, x_nhwc: np.ndarray, pool) -> np.ndarray:
+        """[N, H, W, Cin] -> [N, OH, OW, Cout] (an xnn_empty buffer)."""
+        n, h, wd, _ = x_nhwc.shape
+        oh, ow = self.blocks[0][1].output_hw(h, wd)
+        y = native.xnn_empty((n, oh, ow, self.cout), self.dtype)
+        for c0, conv in self.blocks:
+            conv.run(x_nhwc, y, c0, pool)
+        return y
+
+    def close(self) -> None:
+        for _, conv in self.blocks:
+            conv.close()
+        self.blocks = []
+
+
+def _nhwc_input(x, pool) -> np.ndarray:
+    """The [N, H, W, C] buffer of x: its own memory when x is channels-last, else a transpose."""
+    if is_nhwc(x):
+        return native.xnn_readable(nhwc_buffer(x))
+    n, c, h, wd = x.shape
+    return native.transpose_last2(np.ascontiguousarray(x).reshape(n, c, h * wd), pool=pool).reshape(n, h, wd, c)
+
+
+def conv2d_xnnpack(x, w, b, strides, pads, dilations, groups, pool=None, prepared=None) -> np.ndarray:
+    """ONNX Conv (2-D) through XNNPACK on channels-last memory; returns the NCHW-shaped,
+    channels-last view of the NHWC result (the next convolution reads it without a transpose).
+    x may be NCHW (transposed once here) or channels-last. ``prepared``: a PreparedConv to use
+    (cached); without one, each block of output channels is packed, run and freed in turn so
+    at most one block's packed weight exists. pads: [top, left, bottom, right]."""
+    x_nhwc = _nhwc_input(x, pool)
+    if prepared is not None:
+        return prepared.run(x_nhwc, pool).transpose(0, 3, 1, 2)
+    n, h, wd, _ = x_nhwc.shape
     cout = w.shape[0]
-    x_nhwc = native.transpose_last2(x.reshape(n, cin, h * wd), pool=pool).reshape(n, h, wd, cin)
     blocks = _blocks(cout, w[0].nbytes) if groups == 1 else [(0, cout)]
-    y_nhwc = None
+    y = None
     for c0, c1 in blocks:
         with native.XnnConv2d(w, b, groups=groups, strides=strides, dilations=dilations, pads=pads,
                               co_begin=c0, co_end=c1, y_channels=cout) as conv:
-            if y_nhwc is None:
+            if y is None:
                 oh, ow = conv.output_hw(h, wd)
-                y_nhwc = np.empty((n, oh, ow, cout), x.dtype)
-            conv.run(x_nhwc, y_nhwc, c0, pool)
-    del x_nhwc
-    y = np.empty((n, cout, oh, ow), x.dtype)
-    native.transpose_last2(y_nhwc.reshape(n, oh * ow, cout), y.reshape(n, cout, oh * ow), pool)
-    return y
+                y = native.xnn_empty((n, oh, ow, cout), x.dtype)
+            conv.run(x_nhwc, y, c0, pool)
+    return y.transpose(0, 3, 1, 2)
+
+
+def conv2d_blas(x, w, b, strides, onnx_pads, dilations, groups, pool=None) -> np.ndarray:
+    """ONNX Conv (2-D) on numpy's BLAS. A channels-last x stays channels-last for a 1x1
+    stride-1 unpadded conv (one GEMM [N*H*W, Cin] @ [Cin, Cout] on its memory); otherwise x
+    is brought to NCHW and conv_nd (tiled im2col GEMMs) writes an NCHW output."""
+    if is_nhwc(x):
+        pointwise = (w.shape[2:] == (1, 1) and groups == 1 and tuple(strides) == (1, 1) and not any(onnx_pads))
+        if pointwise:
+            n, cin, h, wd = x.shape
+            cout = w.shape[0]
+            y = native.xnn_empty((n, h, wd, cout), x.dtype)
+            y2 = y.reshape(n * h * wd, cout)
+            np.matmul(nhwc_buffer(x).reshape(n * h * wd, cin), w.reshape(cout, cin).T, out=y2)
+            if b is not None:
+                y2 += b
+            return y.transpose(0, 3, 1, 2)
+        n, c, h, wd = x.shape
+        x = native.transpose_last2(nhwc_buffer(x).reshape(n, h * wd, c), pool=pool).reshape(n, c, h, wd)
+    return conv_nd(x, w, b, strides, onnx_pads, dilations, groups)
 
 
 @op("Conv", since=1, backend="native")
 def Conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
-         strides=None, _ctx):
+         strides=None, _ctx, _cache=None):
+    """2-D float Conv on XNNPACK or BLAS, measured per shape and input layout. With an operator
+    cache slot, an XNNPACK choice keeps its packed operator across runs (later runs do not
+    fetch w or b: they arrive as None)."""
+    prepared = None if _cache is None else _cache.entry
+    if prepared is not None:
+        if x.ndim != 4 or x.shape[1] != prepared.cin or x.dtype != prepared.dtype:
+            raise ValueError(f"Conv: input {x.dtype}{list(x.shape)} does not fit the cached operator "
+                             f"({prepared.dtype}, {prepared.cin} input channels)")
+        return conv2d_xnnpack(x, None, None, None, None, None, None, _ctx.pool, prepared)
     attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
                  strides=strides)
     if x.ndim != 4 or w.ndim != 4 or not _same_float(x, w, b) or x.size == 0 or w.size == 0:
@@ -96,12 +172,29 @@ def Conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
         return numpy_conv(x, w, b, **attrs)   # errors and empty outputs are the numpy op's
     xpads = [onnx_pads[0], onnx_pads[1], onnx_pads[2], onnx_pads[3]]   # top, left, bottom, right
     pool = _ctx.pool
+    nbytes = w.nbytes + (0 if b is None else b.nbytes)
+    cacheable = _cache is not None and _cache.has_room(nbytes)
+    # The measured cost differs by input layout (a transpose or not) and by whether XNNPACK's
+    # packing is paid every run or once (cached), so both are part of the key.
     key = ("Conv", x.dtype.name, tuple(map(int, x.shape)), tuple(map(int, w.shape)), group, tuple(strides),
-           tuple(onnx_pads), tuple(dilations), b is not None, pool.threads)
-    return kernel_choice.run_chosen(key, {
-        "xnnpack": lambda: conv2d_xnnpack(x, w, b, strides, xpads, dilations, group, pool),
-        "blas": lambda: conv_nd(x, w, b, strides, onnx_pads, dilations, group),
-    }, measure=_ctx.measure_kernels, default=_ctx.default_kernel)
+           tuple(onnx_pads), tuple(dilations), b is not None, pool.threads,
+           "nhwc" if is_nhwc(x) else "nchw", "cached" if cacheable else "streamed")
+    choice = kernel_choice.lookup(key)
+    might_use_xnn = choice == "xnnpack" or (choice is None and (_ctx.measure_kernels or _ctx.default_kernel == "xnnpack"))
+    if cacheable and might_use_xnn:
+        prepared = PreparedConv(w, b, strides, xpads, dilations, group)   # packing not timed: paid once
+    try:
+        y = kernel_choice.run_chosen(key, {
+            "xnnpack": lambda: conv2d_xnnpack(x, w, b, strides, xpads, dilations, group, pool, prepared),
+            "blas": lambda: conv2d_blas(x, w, b, strides, onnx_pads, dilations, group, pool),
+        }, measure=_ctx.measure_kernels, default=_ctx.default_kernel)
+    except BaseException:
+        if prepared is not None:
+            prepared.close()
+        raise
+    if prepared is not None and not (kernel_choice.lookup(key) in ("xnnpack", None) and _cache.put(prepared, nbytes)):
+        prepared.close()
+    return y
 
 
 # ---------------------------------------------------------------- MatMul / Gemm

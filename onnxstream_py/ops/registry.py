@@ -6,7 +6,9 @@ keyword arguments whose Python defaults are the ONNX defaults. An op that needs 
 node's output count declares a keyword-only ``_noutputs`` parameter. An op that can write
 its result into a dying input's buffer declares a keyword-only ``_out`` parameter: the
 interpreter may pass such a buffer (writeable, shared with no other live tensor), and the
-op uses it only when its result's shape and dtype are exactly the buffer's. Opset versions are
+op uses it only when its result's shape and dtype are exactly the buffer's. A native op that
+can keep a prepared operator across runs declares ``_cache`` (see op_cache.py): it then
+receives a CacheSlot, and None for its weight inputs when the slot holds an entry. Opset versions are
 registry keys: ``lookup`` returns the implementation with the highest ``since`` that is
 not newer than the model's opset for that domain.
 """
@@ -29,6 +31,7 @@ class OpImpl:
     wants_out: bool = False
     backend: str = "numpy"
     wants_ctx: bool = False
+    wants_cache: bool = False
 
 
 BACKENDS = ("numpy", "native")
@@ -47,7 +50,7 @@ def op(op_type: str, since: int = 1, domain: str = "", backend: str = "numpy"):
     def deco(fn: Callable) -> Callable:
         params = inspect.signature(fn).parameters
         impl = OpImpl(op_type, _norm_domain(domain), since, fn, "_noutputs" in params, "_out" in params,
-                      backend, "_ctx" in params)
+                      backend, "_ctx" in params, "_cache" in params)
         versions = _REGISTRY.setdefault((backend, impl.domain, op_type), [])
         if any(v.since == since for v in versions):
             raise ValueError(f"op {op_type} (domain {domain!r}) registered twice for opset {since}")

@@ -22,6 +22,7 @@ import itertools
 
 import numpy as np
 
+from ..layout import is_nhwc, nhwc_buffer
 from .registry import op
 
 _COORD_MODES_11 = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric",
@@ -142,7 +143,11 @@ def _repeat_into(x: np.ndarray, factors: list) -> np.ndarray:
     """Integer-factor nearest upsampling: one output allocation, one strided copy per
     phase (f0 * f1 * ... copies), done slab by slab over the leading un-resized axes so
     each slab's reads and writes stay in cache (~1.5x faster than whole-tensor copies).
+    A channels-last x (layout.py) is upsampled in its own memory order and stays so.
     """
+    if is_nhwc(x) and factors[1] == 1:
+        y = _repeat_into(nhwc_buffer(x), [factors[0], factors[2], factors[3], 1])
+        return y.transpose(0, 3, 1, 2)
     out = np.empty(tuple(n * f for n, f in zip(x.shape, factors)), dtype=x.dtype)
     lead = next((a for a, f in enumerate(factors) if f != 1), len(factors))
     if not x.flags.c_contiguous:

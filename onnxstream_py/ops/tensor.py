@@ -25,6 +25,7 @@ import math
 
 import numpy as np
 
+from ..layout import is_nhwc, nhwc_empty
 from .registry import op
 
 # Ops whose output may share memory with input 0 (a numpy view or the input itself).
@@ -165,6 +166,13 @@ def _concat(inputs, axis: int) -> np.ndarray:
     if not inputs:
         raise ValueError("Concat: needs at least one input")
     try:
+        if (axis in (1, -3) and all(isinstance(t, np.ndarray) and t.ndim == 4 for t in inputs)
+                and any(is_nhwc(t) for t in inputs)):
+            # channels-last inputs (layout.py): keep the result channels-last, so the skip
+            # connections of a UNet reach the next convolution without a transpose
+            shape = list(inputs[0].shape)
+            shape[1] = sum(t.shape[1] for t in inputs)
+            return np.concatenate(inputs, axis=1, out=nhwc_empty(shape, np.result_type(*inputs)))
         return np.concatenate(inputs, axis=axis)
     except (ValueError, np.exceptions.AxisError):
         shapes = [t.shape for t in inputs]
