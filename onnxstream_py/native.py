@@ -458,3 +458,51 @@ def layer_norm_f32(x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None, ep
                                   ffi.NULL if bias is None else ptr(bias, "float *"),
                                   rows, cols, float(epsilon)), what)
     return out
+
+
+# ---- attention ----
+# Wrapper of native/osn_k_attention.h: the softmax step of SlicedAttention on a score block.
+
+def attention_exp_f32(s: np.ndarray, row_sums: np.ndarray, scale: float = 1.0, mask: np.ndarray | None = None,
+                      *, pool: ThreadPool | None = None) -> np.ndarray:
+    """In place on float32 scores s [rows, cols]: s = exp(t - rowmax(t)) with t = s * scale (+ mask),
+    and row_sums [rows] = the row sums, so ``s / row_sums[:, None]`` is softmax(t). ``mask`` is
+    a C-contiguous float32 [rows, cols] or [1, cols] (one row for all). Returns s."""
+    what = f"SlicedAttention scores {getattr(s, 'shape', '?')}"
+    _need(what, s, "scores", (np.float32,))
+    if s.ndim != 2 or not s.flags.writeable:
+        raise ValueError(f"{what}: scores must be a writeable [rows, cols] matrix")
+    rows, cols = s.shape
+    _need(what, row_sums, "row_sums", (np.float32,))
+    if row_sums.shape != (rows,) or not row_sums.flags.writeable or np.may_share_memory(row_sums, s):
+        raise ValueError(f"{what}: row_sums must be a writeable float32 array of shape ({rows},) apart from "
+                         f"the scores, got {row_sums.shape}")
+    mask_ptr, stride = ffi.NULL, 0
+    if mask is not None:
+        _need(what, mask, "mask", (np.float32,))
+        if mask.ndim != 2 or mask.shape[1] != cols or mask.shape[0] not in (1, rows):
+            raise ValueError(f"{what}: mask must be [{rows} or 1, {cols}], got {mask.shape}")
+        mask_ptr, stride = ptr(mask, "float *"), (cols if mask.shape[0] > 1 else 0)
+    if rows and cols:
+        _check(lib.osn_attention_exp_f32(_pool_ptr(pool), out_ptr(s, "float *"), out_ptr(row_sums, "float *"),
+                                         mask_ptr, stride, rows, cols, float(scale)), what)
+    return s
+
+
+def attention_exp_t_f32(st: np.ndarray, col_sums: np.ndarray, scale: float = 1.0, *,
+                        pool: ThreadPool | None = None) -> np.ndarray:
+    """``attention_exp_f32`` on transposed float32 scores st [keys, queries] (softmax down each
+    column), in place; col_sums [queries] receives the column sums. Returns st."""
+    what = f"SlicedAttention transposed scores {getattr(st, 'shape', '?')}"
+    _need(what, st, "scores", (np.float32,))
+    if st.ndim != 2 or not st.flags.writeable:
+        raise ValueError(f"{what}: scores must be a writeable [keys, queries] matrix")
+    keys, queries = st.shape
+    _need(what, col_sums, "col_sums", (np.float32,))
+    if col_sums.shape != (queries,) or not col_sums.flags.writeable or np.may_share_memory(col_sums, st):
+        raise ValueError(f"{what}: col_sums must be a writeable float32 array of shape ({queries},) apart "
+                         f"from the scores, got {col_sums.shape}")
+    if keys and queries:
+        _check(lib.osn_attention_exp_t_f32(_pool_ptr(pool), out_ptr(st, "float *"), out_ptr(col_sums, "float *"),
+                                           keys, queries, float(scale)), what)
+    return st

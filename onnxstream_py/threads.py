@@ -7,18 +7,22 @@ without OpenBLAS it does nothing and says so once.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import warnings
 
 _SYMBOLS = ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
             "scipy_openblas_set_num_threads", "openblas_set_num_threads64_")
+_GET_SYMBOLS = ("openblas_get_num_threads", "scipy_openblas_get_num_threads64_",
+                "scipy_openblas_get_num_threads", "openblas_get_num_threads64_")
 _setter = None
+_getter = None
 _searched = False
 
 
 def _find_setter():
-    global _setter, _searched
+    global _setter, _getter, _searched
     if _searched:
         return _setter
     _searched = True
@@ -39,6 +43,12 @@ def _find_setter():
                 fn.argtypes = [ctypes.c_int]
                 fn.restype = None
                 _setter = fn
+                for get in _GET_SYMBOLS:
+                    _getter = getattr(lib, get, None)
+                    if _getter is not None:
+                        _getter.argtypes = []
+                        _getter.restype = ctypes.c_int
+                        break
                 return fn
     return None
 
@@ -51,3 +61,21 @@ def set_blas_threads(n: int | None) -> bool:
         return False
     fn(int(n) if n else (os.cpu_count() or 1))
     return True
+
+
+@contextlib.contextmanager
+def blas_threads_limited(n: int):
+    """Run the block with numpy's OpenBLAS on ``n`` threads, restoring the previous count after
+    (for ops that call BLAS from several threads of their own: OpenBLAS' thread count is
+    process-wide, and a multi-threaded BLAS called from two threads at once serialises).
+    Does nothing without OpenBLAS' getter and setter."""
+    _find_setter()
+    if _setter is None or _getter is None:
+        yield
+        return
+    before = int(_getter())
+    _setter(int(n))
+    try:
+        yield
+    finally:
+        _setter(before)
