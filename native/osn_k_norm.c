@@ -1,6 +1,8 @@
 /* Group/instance and layer normalisation (see osn_k_norm.h). */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "osn_k_norm.h"
 #include "osn_internal.h"
@@ -19,6 +21,50 @@
 #define BLOCK 4096                            /* elements per two-pass statistics block (16 KiB) */
 #define CHUNK ((size_t)1 << 16)               /* elements per parallel task of a long row (256 KiB) */
 #define LAYER_NORM_TILE_ELEMS ((size_t)1 << 14)  /* rows per layer-norm task ~ 64 KiB */
+
+/* cond ? a : b as bit masks, so loops calling it vectorise (see osn_k_math.c). */
+static inline float select_f32(int cond, float a, float b) {
+    uint32_t ua, ub;
+    memcpy(&ua, &a, sizeof ua);
+    memcpy(&ub, &b, sizeof ub);
+    const uint32_t m = 0u - (uint32_t)(cond != 0);
+    const uint32_t r = (ua & m) | (ub & ~m);
+    float f;
+    memcpy(&f, &r, sizeof f);
+    return f;
+}
+
+/* e^x, a copy of osn_k_math.c's exp_f32 (Cody-Waite reduction, degree-7 Estrin polynomial,
+ * < 1e-7 relative; 0 below -87.33, clamped above 88). Copied rather than shared because the
+ * build reads every public header in native/ as cffi input; keep the two copies in step. */
+static inline float exp_f32(float x) {
+    const float magic = 0x1.8p23f;
+    float xc = select_f32(x < -87.33f, -87.33f, x);
+    xc = select_f32(xc > 88.0f, 88.0f, xc);
+    const float t = xc * 1.44269504088896341f + magic;
+    const float n = t - magic;
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440054690583e-4f;
+    const float r2 = r * r;
+    const float r4 = r2 * r2;
+    const float q01 = 1.0f + r;
+    const float q23 = 0.5f + r * (1.0f / 6.0f);
+    const float q45 = 1.0f / 24.0f + r * (1.0f / 120.0f);
+    const float q67 = 1.0f / 720.0f + r * (1.0f / 5040.0f);
+    const float p = (q01 + r2 * q23) + r4 * (q45 + r2 * q67);
+    uint32_t tb;
+    memcpy(&tb, &t, sizeof tb);
+    const uint32_t sb = (tb + 127u) << 23;
+    float scale;
+    memcpy(&scale, &sb, sizeof scale);
+    return select_f32(x < -87.33f, 0.0f, p * scale);
+}
+
+/* z * sigmoid(z) = z / (1 + e^-z): e^-z is 0 for large z (y = z) and clamps at e^88 for very
+ * negative z, where y is ~0 either way. */
+static inline float silu_f32(float z) {
+    return z / (1.0f + exp_f32(-z));
+}
 
 /* count, mean and sum of squared deviations (M2) of a set of values */
 struct moments {
@@ -50,21 +96,36 @@ OSN_SIMD_CLONES static float sum_f32(const float* restrict x, size_t n) {
     return r;
 }
 
-OSN_SIMD_CLONES static float sum_sq_dev_f32(const float* restrict x, size_t n, float c) {
-    float s[LANES] = {0};
+/* *sd = sum (x - c), *ss = sum (x - c)^2 */
+OSN_SIMD_CLONES static void sum_dev_f32(const float* restrict x, size_t n, float c, float* sd, float* ss) {
+    float s1[LANES] = {0}, s2[LANES] = {0};
     size_t i = 0;
     for (; i + LANES <= n; i += LANES)
         for (int j = 0; j < LANES; j++) {
             const float d = x[i + j] - c;
-            s[j] += d * d;
+            s1[j] += d;
+            s2[j] += d * d;
         }
-    float r = 0.0f;
+    float r1 = 0.0f, r2 = 0.0f;
     for (; i < n; i++) {
         const float d = x[i] - c;
-        r += d * d;
+        r1 += d;
+        r2 += d * d;
     }
-    for (int j = 0; j < LANES; j++) r += s[j];
-    return r;
+    for (int j = 0; j < LANES; j++) {
+        r1 += s1[j];
+        r2 += s2[j];
+    }
+    *sd = r1;
+    *ss = r2;
+}
+
+/* Moments of n values from their sums of deviations about a shift c close to their mean:
+ * sd = sum (x - c), ss = sum (x - c)^2. The deviations are small, so their sums are accurate
+ * even when the first pass's float32 mean (c) is off by a few ulps of a large mean. */
+static struct moments shifted_moments(double n, float c, double sd, double ss) {
+    const double m2 = ss - sd * sd / n;
+    return (struct moments){n, (double)c + sd / n, m2 > 0 ? m2 : 0};
 }
 
 /* Moments of x[0:n], two passes per BLOCK (the second from cache). */
@@ -72,12 +133,10 @@ static struct moments span_moments(const float* x, size_t n) {
     struct moments acc = {0, 0, 0};
     for (size_t b = 0; b < n; b += BLOCK) {
         const size_t bn = n - b < BLOCK ? n - b : BLOCK;
-        const double mean = (double)sum_f32(x + b, bn) / (double)bn;
-        const float c = (float)mean;
-        /* deviations are taken about c = float(mean): sum (x - c)^2 = M2 + n (mean - c)^2 */
-        double m2 = (double)sum_sq_dev_f32(x + b, bn, c) - (double)bn * (mean - c) * (mean - c);
-        struct moments blk = {(double)bn, mean, m2 > 0 ? m2 : 0};
-        moments_merge(&acc, blk);
+        const float c = (float)((double)sum_f32(x + b, bn) / (double)bn);
+        float sd, ss;
+        sum_dev_f32(x + b, bn, c, &sd, &ss);
+        moments_merge(&acc, shifted_moments((double)bn, c, sd, ss));
     }
     return acc;
 }
@@ -90,6 +149,7 @@ struct group_norm_ctx {
     const float* bias;
     size_t groups, cpg, spatial, row_len, nchunks;
     double epsilon;
+    int silu;
     struct moments* stats;   /* [rows, nchunks] (chunked path) */
     float* row_mean;         /* [rows] (chunked path) */
     double* row_invstd;      /* [rows] (chunked path) */
@@ -108,7 +168,11 @@ OSN_SIMD_CLONES static void group_norm_output(const struct group_norm_ctx* c, si
         const float b = c->bias[ch0 + k];
         const float* restrict xs = x + p;
         float* restrict ys = y + p;
-        for (size_t i = 0; i < end - p; i++) ys[i] = (xs[i] - mean) * a + b;
+        if (c->silu) {
+            for (size_t i = 0; i < end - p; i++) ys[i] = silu_f32((xs[i] - mean) * a + b);
+        } else {
+            for (size_t i = 0; i < end - p; i++) ys[i] = (xs[i] - mean) * a + b;
+        }
         p = end;
     }
 }
@@ -138,17 +202,14 @@ static void group_norm_output_task(void* arg, size_t r, size_t k) {
     group_norm_output(c, r, p0, p1, c->row_mean[r], c->row_invstd[r]);
 }
 
-int osn_group_norm_f32(osn_pool* pool, float* y, const float* x, const float* scale, const float* bias,
-                       size_t batch, size_t groups, size_t channels_per_group, size_t spatial,
-                       float epsilon) {
-    if (groups == 0 || channels_per_group == 0) return OSN_E_INVALID_ARGUMENT;
+/* NCHW: a group is one contiguous row of channels_per_group * spatial values. */
+static int group_norm_nchw(pthreadpool_t tp, float* y, const float* x, const float* scale, const float* bias,
+                           size_t batch, size_t groups, size_t channels_per_group, size_t spatial,
+                           int silu, float epsilon) {
     const size_t rows = batch * groups;
     const size_t row_len = channels_per_group * spatial;
-    if (rows == 0 || row_len == 0) return 0;
-    if (y == NULL || x == NULL || scale == NULL || bias == NULL) return OSN_E_INVALID_ARGUMENT;
-    pthreadpool_t tp = osn_pool_handle(pool);
     struct group_norm_ctx c = {y, x, scale, bias, groups, channels_per_group, spatial, row_len,
-                               (row_len + CHUNK - 1) / CHUNK, (double)epsilon, NULL, NULL, NULL};
+                               (row_len + CHUNK - 1) / CHUNK, (double)epsilon, silu, NULL, NULL, NULL};
     if (c.nchunks == 1) {
         pthreadpool_parallelize_1d(tp, group_norm_row_task, &c, rows, OSN_PARALLEL_FLAGS);
         return 0;
@@ -174,6 +235,173 @@ int osn_group_norm_f32(osn_pool* pool, float* y, const float* x, const float* sc
     free(c.row_mean);
     free(c.row_invstd);
     return 0;
+}
+
+/* ------------------------------------------------------------------ group norm, channels-last */
+/* x is [batch, spatial, C]: a pixel's C channels are contiguous and group g is the run of
+ * channels [g * cpg, (g + 1) * cpg) of every pixel. Tasks are (batch item, tile of pixels);
+ * each sums per channel over blocks of pixels (loops along the contiguous channel axis, which
+ * vectorise for any group size), folds the channels of a group into that block's moments and
+ * merges them; the calling thread then merges the tiles of each (n, g). */
+struct group_norm_nhwc_ctx {
+    float* y;
+    const float* x;
+    const float* scale;
+    const float* bias;
+    size_t channels, groups, cpg, spatial, tile_px, ntiles;
+    int silu;
+    struct moments* stats;   /* [batch, ntiles, groups] */
+    float* ch_mean;          /* [batch, C] mean of the channel's group */
+    float* ch_mul;           /* [batch, C] invstd of the channel's group * scale[c] */
+};
+
+/* s[c] = sum over px pixels of x[p, c] */
+OSN_SIMD_CLONES static void channel_sums(float* restrict s, const float* restrict x, size_t px, size_t nc) {
+    for (size_t ch = 0; ch < nc; ch++) s[ch] = 0.0f;
+    for (size_t p = 0; p < px; p++)
+        for (size_t ch = 0; ch < nc; ch++) s[ch] += x[p * nc + ch];
+}
+
+/* sd[c] = sum over px pixels of (x[p, c] - m[c]), ss[c] of its square */
+OSN_SIMD_CLONES static void channel_devs(float* restrict sd, float* restrict ss, const float* restrict x,
+                                         const float* restrict m, size_t px, size_t nc) {
+    for (size_t ch = 0; ch < nc; ch++) sd[ch] = ss[ch] = 0.0f;
+    for (size_t p = 0; p < px; p++)
+        for (size_t ch = 0; ch < nc; ch++) {
+            const float d = x[p * nc + ch] - m[ch];
+            sd[ch] += d;
+            ss[ch] += d * d;
+        }
+}
+
+static void group_norm_nhwc_stats_task(void* arg, size_t n, size_t t) {
+    const struct group_norm_nhwc_ctx* c = (const struct group_norm_nhwc_ctx*)arg;
+    const size_t nc = c->channels, cpg = c->cpg, groups = c->groups;
+    const size_t p0 = t * c->tile_px;
+    const size_t p1 = p0 + c->tile_px < c->spatial ? p0 + c->tile_px : c->spatial;
+    const float* x = c->x + n * c->spatial * nc;
+    struct moments* st = c->stats + (n * c->ntiles + t) * groups;
+    for (size_t g = 0; g < groups; g++) st[g] = (struct moments){0, 0, 0};
+    /* scratch: per-channel sums (2) and per-channel block means */
+    float* buf = (float*)malloc(3 * nc * sizeof(float));
+    if (buf == NULL) {
+        st[0].n = -1;   /* out of memory: reported by the caller */
+        return;
+    }
+    float* s1 = buf;
+    float* s2 = buf + nc;
+    float* m = buf + 2 * nc;
+    /* Blocks of <= BLOCK elements, so the second pass over a block comes from L1, and of
+     * <= BLOCK / LANES pixels, so no float32 per-channel sum runs longer than the NCHW
+     * kernel's per-lane sums (BLOCK / LANES). */
+    size_t block_px = BLOCK / nc ? BLOCK / nc : 1;
+    if (block_px > BLOCK / LANES) block_px = BLOCK / LANES;
+    for (size_t p = p0; p < p1; p += block_px) {
+        const size_t np = p1 - p < block_px ? p1 - p : block_px;
+        const float* xb = x + p * nc;
+        const double cnt = (double)(np * cpg);
+        channel_sums(s1, xb, np, nc);
+        for (size_t g = 0; g < groups; g++) {
+            double sum = 0;
+            for (size_t k = 0; k < cpg; k++) sum += s1[g * cpg + k];
+            const float c = (float)(sum / cnt);
+            for (size_t k = 0; k < cpg; k++) m[g * cpg + k] = c;
+        }
+        channel_devs(s1, s2, xb, m, np, nc);
+        for (size_t g = 0; g < groups; g++) {
+            double sd = 0, ss = 0;
+            for (size_t k = 0; k < cpg; k++) {
+                sd += s1[g * cpg + k];
+                ss += s2[g * cpg + k];
+            }
+            moments_merge(&st[g], shifted_moments(cnt, m[g * cpg], sd, ss));
+        }
+    }
+    free(buf);
+}
+
+OSN_SIMD_CLONES static void group_norm_nhwc_output_task(void* arg, size_t n, size_t t) {
+    const struct group_norm_nhwc_ctx* c = (const struct group_norm_nhwc_ctx*)arg;
+    const size_t nc = c->channels;
+    const size_t p0 = t * c->tile_px;
+    const size_t p1 = p0 + c->tile_px < c->spatial ? p0 + c->tile_px : c->spatial;
+    const float* restrict mean = c->ch_mean + n * nc;
+    const float* restrict mul = c->ch_mul + n * nc;
+    const float* restrict bias = c->bias;
+    for (size_t p = p0; p < p1; p++) {
+        const float* restrict x = c->x + (n * c->spatial + p) * nc;
+        float* restrict y = c->y + (n * c->spatial + p) * nc;
+        if (c->silu) {
+            for (size_t ch = 0; ch < nc; ch++) y[ch] = silu_f32((x[ch] - mean[ch]) * mul[ch] + bias[ch]);
+        } else {
+            for (size_t ch = 0; ch < nc; ch++) y[ch] = (x[ch] - mean[ch]) * mul[ch] + bias[ch];
+        }
+    }
+}
+
+static int group_norm_nhwc(pthreadpool_t tp, float* y, const float* x, const float* scale, const float* bias,
+                           size_t batch, size_t groups, size_t channels_per_group, size_t spatial,
+                           int silu, float epsilon) {
+    const size_t nc = groups * channels_per_group;
+    const size_t tile_px = CHUNK / nc ? CHUNK / nc : 1;
+    struct group_norm_nhwc_ctx c = {y, x, scale, bias, nc, groups, channels_per_group, spatial, tile_px,
+                                    (spatial + tile_px - 1) / tile_px, silu, NULL, NULL, NULL};
+    c.stats = (struct moments*)malloc(batch * c.ntiles * groups * sizeof(struct moments));
+    c.ch_mean = (float*)malloc(batch * nc * sizeof(float));
+    c.ch_mul = (float*)malloc(batch * nc * sizeof(float));
+    int status = 0;
+    if (c.stats == NULL || c.ch_mean == NULL || c.ch_mul == NULL) {
+        status = OSN_E_OUT_OF_MEMORY;
+        goto done;
+    }
+    pthreadpool_parallelize_2d(tp, group_norm_nhwc_stats_task, &c, batch, c.ntiles, OSN_PARALLEL_FLAGS);
+    for (size_t n = 0; n < batch; n++) {
+        for (size_t g = 0; g < groups; g++) {
+            struct moments m = {0, 0, 0};
+            for (size_t t = 0; t < c.ntiles; t++) {
+                const struct moments* st = c.stats + (n * c.ntiles + t) * groups;
+                if (st[0].n < 0) {
+                    status = OSN_E_OUT_OF_MEMORY;
+                    goto done;
+                }
+                moments_merge(&m, st[g]);
+            }
+            const double invstd = invstd_of(m, (double)epsilon);
+            for (size_t k = 0; k < channels_per_group; k++) {
+                const size_t ch = g * channels_per_group + k;
+                c.ch_mean[n * nc + ch] = (float)m.mean;
+                c.ch_mul[n * nc + ch] = (float)(invstd * (double)scale[ch]);
+            }
+        }
+    }
+    pthreadpool_parallelize_2d(tp, group_norm_nhwc_output_task, &c, batch, c.ntiles, OSN_PARALLEL_FLAGS);
+done:
+    free(c.stats);
+    free(c.ch_mean);
+    free(c.ch_mul);
+    return status;
+}
+
+int osn_group_norm_act_f32(osn_pool* pool, float* y, const float* x, const float* scale, const float* bias,
+                           size_t batch, size_t groups, size_t channels_per_group, size_t spatial,
+                           int layout, int silu, float epsilon) {
+    if (groups == 0 || channels_per_group == 0) return OSN_E_INVALID_ARGUMENT;
+    if (layout != OSN_LAYOUT_NCHW && layout != OSN_LAYOUT_NHWC) return OSN_E_INVALID_ARGUMENT;
+    if (batch == 0 || spatial == 0) return 0;
+    if (y == NULL || x == NULL || scale == NULL || bias == NULL) return OSN_E_INVALID_ARGUMENT;
+    pthreadpool_t tp = osn_pool_handle(pool);
+    /* One pixel is the NCHW case as well, where whole rows are the cheaper split. */
+    if (layout == OSN_LAYOUT_NHWC && spatial > 1)
+        return group_norm_nhwc(tp, y, x, scale, bias, batch, groups, channels_per_group, spatial, silu != 0,
+                               epsilon);
+    return group_norm_nchw(tp, y, x, scale, bias, batch, groups, channels_per_group, spatial, silu != 0, epsilon);
+}
+
+int osn_group_norm_f32(osn_pool* pool, float* y, const float* x, const float* scale, const float* bias,
+                       size_t batch, size_t groups, size_t channels_per_group, size_t spatial,
+                       float epsilon) {
+    return osn_group_norm_act_f32(pool, y, x, scale, bias, batch, groups, channels_per_group, spatial,
+                                  OSN_LAYOUT_NCHW, 0, epsilon);
 }
 
 /* ------------------------------------------------------------------ layer norm */

@@ -506,3 +506,210 @@ def attention_exp_t_f32(st: np.ndarray, col_sums: np.ndarray, scale: float = 1.0
         _check(lib.osn_attention_exp_t_f32(_pool_ptr(pool), out_ptr(st, "float *"), out_ptr(col_sums, "float *"),
                                            keys, queries, float(scale)), what)
     return st
+
+
+# ---- fused GroupNorm (+SiLU) ----
+# Wrapper of native/osn_k_norm.h osn_group_norm_act_f32: group normalisation of an NCHW or
+# channels-last buffer, with an optional SiLU in the same output pass.
+
+def group_norm_act_f32(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, groups: int, epsilon: float,
+                       silu: bool = False, channels_last: bool = False, out: np.ndarray | None = None, *,
+                       pool: ThreadPool | None = None) -> np.ndarray:
+    """GroupNorm (+ SiLU) of a C-contiguous float32 buffer: x is [N, C, *spatial], or with
+    ``channels_last`` the [N, *spatial, C] buffer of a channels-last activation; the result has
+    x's shape and layout. Statistics per (n, group of C/groups consecutive channels); scale and
+    bias are per channel [C]."""
+    what = f"GroupNorm X {getattr(x, 'shape', '?')} groups={groups} channels_last={channels_last}"
+    _need(what, x, "X", (np.float32,))
+    if x.ndim < 2:
+        raise ValueError(f"{what}: X must have rank >= 2")
+    c = x.shape[-1] if channels_last else x.shape[1]
+    if groups < 1 or c % groups:
+        raise ValueError(f"{what}: {c} channels are not divisible into {groups} groups")
+    for name, v in (("scale", scale), ("bias", bias)):
+        _need(what, v, name, (np.float32,))
+        if v.shape != (c,):
+            raise ValueError(f"{what}: {name} must have shape ({c},), got {v.shape}")
+    out = _out_like(what, out, x.shape, np.float32, x, may_alias=False)
+    n = x.shape[0]
+    spatial = x.size // (n * c) if x.size else 0
+    layout = lib.OSN_LAYOUT_NHWC if channels_last else lib.OSN_LAYOUT_NCHW
+    _check(lib.osn_group_norm_act_f32(_pool_ptr(pool), out_ptr(out, "float *"), ptr(x, "float *"),
+                                      ptr(scale, "float *"), ptr(bias, "float *"), n, groups, c // groups,
+                                      spatial, layout, 1 if silu else 0, float(epsilon)), what)
+    return out
+
+
+# ---- XNNPACK elementwise, pooling, resize ----
+# Wrappers of native/osn_xnn_eltwise.h: weightless XNNPACK operators, created, run on the pool
+# and deleted in one call. Inputs are C-contiguous arrays (made XNNPACK-readable here: its SIMD
+# tails read up to 16 bytes past the end); ``out`` (allocated when None) is C-contiguous and may
+# be an input itself (same data, same shape) but must not overlap one otherwise. Layout
+# (channels-last, broadcasting views) is the caller's business: ops/native_eltwise.py hands
+# these functions the C-contiguous permuted views.
+_BINARY_OPS = {"Add": lib.OSN_BINARY_ADD, "Sub": lib.OSN_BINARY_SUB, "Mul": lib.OSN_BINARY_MUL,
+               "Div": lib.OSN_BINARY_DIV, "Min": lib.OSN_BINARY_MIN, "Max": lib.OSN_BINARY_MAX}
+_UNARY_OPS = {"Sigmoid": lib.OSN_UNARY_SIGMOID, "Clip": lib.OSN_UNARY_CLAMP, "Abs": lib.OSN_UNARY_ABS,
+              "Neg": lib.OSN_UNARY_NEG, "Sqrt": lib.OSN_UNARY_SQRT, "Square": lib.OSN_UNARY_SQUARE,
+              "Floor": lib.OSN_UNARY_FLOOR, "Ceil": lib.OSN_UNARY_CEIL, "Round": lib.OSN_UNARY_ROUND}
+# The float16 kernels of Debian's 2022 XNNPACK (xnnpack.h); everything else is float32 only.
+BINARY_F16_OPS = frozenset({"Add", "Mul"})
+UNARY_F16_OPS = frozenset({"Clip"})
+XNN_MAX_DIMS = 6          # XNN_MAX_TENSOR_DIMS: binary operands of higher rank are rejected
+_RESIZE_MODES = {"half_pixel": lib.OSN_RESIZE_HALF_PIXEL, "align_corners": lib.OSN_RESIZE_ALIGN_CORNERS,
+                 "asymmetric": lib.OSN_RESIZE_ASYMMETRIC}
+_F32 = np.dtype(np.float32)
+_F16 = np.dtype(np.float16)
+
+
+def _xnn_input(what: str, name: str, a, dtypes) -> np.ndarray:
+    if not isinstance(a, np.ndarray) or a.dtype not in dtypes or not a.flags.c_contiguous:
+        desc = f"{a.dtype}{list(a.shape)} contiguous={a.flags.c_contiguous}" if isinstance(a, np.ndarray) else type(a)
+        raise ValueError(f"{what}: {name} must be a C-contiguous {'/'.join(str(d) for d in dtypes)} array, "
+                         f"got {desc}")
+    return xnn_readable(a)
+
+
+def _xnn_output(what: str, out, shape, dtype, inputs) -> np.ndarray:
+    """``out`` checked (or allocated): exact shape and dtype, C-contiguous, writeable, and either
+    disjoint from every input or that input itself."""
+    shape = tuple(int(v) for v in shape)
+    if out is None:
+        return np.empty(shape, dtype)
+    if (not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != dtype
+            or not out.flags.c_contiguous or not out.flags.writeable):
+        desc = f"{out.dtype}{list(out.shape)} strides={out.strides}" if isinstance(out, np.ndarray) else type(out)
+        raise ValueError(f"{what}: out must be a writeable C-contiguous {dtype}{list(shape)} array, got {desc}")
+    for a in inputs:
+        if np.may_share_memory(out, a) and not (a.ctypes.data == out.ctypes.data and a.shape == out.shape):
+            raise ValueError(f"{what}: out {list(out.shape)} overlaps input {list(a.shape)} without being it")
+    return out
+
+
+def xnn_binary(op: str, a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *,
+               pool: ThreadPool | None = None) -> np.ndarray:
+    """out = a (op) b with numpy broadcasting; op one of Add, Sub, Mul, Div, Min, Max.
+    a and b: C-contiguous float32 (float16 for Add/Mul), rank <= 6 (0-d allowed)."""
+    what = f"{op}(XNNPACK) {getattr(a, 'shape', '?')} {getattr(b, 'shape', '?')}"
+    if op not in _BINARY_OPS:
+        raise ValueError(f"{what}: unknown binary op (expected one of {sorted(_BINARY_OPS)})")
+    dtypes = (_F32, _F16) if op in BINARY_F16_OPS else (_F32,)
+    a, b = _xnn_input(what, "A", a, dtypes), _xnn_input(what, "B", b, dtypes)
+    if a.dtype != b.dtype:
+        raise ValueError(f"{what}: A is {a.dtype} and B is {b.dtype}, expected one dtype")
+    if max(a.ndim, b.ndim) > XNN_MAX_DIMS:
+        raise ValueError(f"{what}: rank above {XNN_MAX_DIMS} (XNN_MAX_TENSOR_DIMS)")
+    try:
+        shape = np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise ValueError(f"{what}: shapes do not broadcast") from None
+    out = _xnn_output(what, out, shape, a.dtype, (a, b))
+    if out.size:
+        _check(lib.osn_xnn_binary(_pool_ptr(pool), _BINARY_OPS[op], _LINEAR_DTYPES[a.dtype], out_ptr(out), ptr(a),
+                                  ptr(b), a.ndim, ffi.new("size_t[]", a.shape) if a.ndim else ffi.NULL,
+                                  b.ndim, ffi.new("size_t[]", b.shape) if b.ndim else ffi.NULL), what)
+    return out
+
+
+def xnn_unary(op: str, x: np.ndarray, out: np.ndarray | None = None, *, lo: float = -np.inf,
+              hi: float = np.inf, pool: ThreadPool | None = None) -> np.ndarray:
+    """out = f(x) elementwise for op in Sigmoid, Clip (bounds lo < hi), Abs, Neg, Sqrt, Square,
+    Floor, Ceil, Round (half to even); x C-contiguous float32 (float16 for Clip); out may be x.
+    XNNPACK runs with denormals flushed to zero (Ceil/Floor/Sqrt of a denormal give 0)."""
+    what = f"{op}(XNNPACK) {getattr(x, 'shape', '?')}"
+    if op not in _UNARY_OPS:
+        raise ValueError(f"{what}: unknown unary op (expected one of {sorted(_UNARY_OPS)})")
+    x = _xnn_input(what, "X", x, (_F32, _F16) if op in UNARY_F16_OPS else (_F32,))
+    lo, hi = float(lo), float(hi)
+    if op == "Clip" and not lo < hi:
+        raise ValueError(f"{what}: bounds [{lo}, {hi}] must satisfy min < max (XNNPACK clamp)")
+    out = _xnn_output(what, out, x.shape, x.dtype, (x,))
+    if out.size:
+        _check(lib.osn_xnn_unary(_pool_ptr(pool), _UNARY_OPS[op], _LINEAR_DTYPES[x.dtype], out_ptr(out), ptr(x),
+                                 x.size, lo, hi), what)
+    return out
+
+
+def xnn_softmax_f32(x: np.ndarray, out: np.ndarray | None = None, *, pool: ThreadPool | None = None) -> np.ndarray:
+    """XNNPACK's softmax over the last axis of float32 x (rank >= 1). The engine's Softmax uses
+    softmax_f32 (our kernel, measured faster: scripts/bench_eltwise.py); this is for comparison."""
+    what = f"Softmax(XNNPACK) {getattr(x, 'shape', '?')}"
+    x = _xnn_input(what, "X", x, (_F32,))
+    if x.ndim < 1:
+        raise ValueError(f"{what}: X must have rank >= 1")
+    out = _xnn_output(what, out, x.shape, x.dtype, (x,))
+    if out.size:
+        cols = x.shape[-1]
+        _check(lib.osn_xnn_softmax_f32(_pool_ptr(pool), out_ptr(out, "float *"), ptr(x, "float *"),
+                                       x.size // cols, cols), what)
+    return out
+
+
+def _pool_geometry(what, x, kernel, strides, dilations, pads):
+    if x.ndim != 4:
+        raise ValueError(f"{what}: X must be [N, H, W, C] NHWC")
+    kernel, strides, dilations, pads = ([int(v) for v in t] for t in (kernel, strides, dilations, pads))
+    if (len(kernel) != 2 or len(strides) != 2 or len(dilations) != 2 or len(pads) != 4 or min(kernel) < 1
+            or min(strides) < 1 or min(dilations) < 1 or min(pads) < 0 or kernel == [1, 1]):
+        raise ValueError(f"{what}: kernel {kernel}, strides {strides}, dilations {dilations}, pads {pads}: "
+                         f"expected 2 positive (not 1x1), 2 positive, 2 positive, 4 non-negative ints")
+    n, h, w, c = x.shape
+    oh = (h + pads[0] + pads[2] - dilations[0] * (kernel[0] - 1) - 1) // strides[0] + 1
+    ow = (w + pads[1] + pads[3] - dilations[1] * (kernel[1] - 1) - 1) // strides[1] + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"{what}: input {list(x.shape)} is smaller than the (dilated) window")
+    return kernel, strides, dilations, pads, (n, oh, ow, c)
+
+
+def xnn_max_pool2d(x: np.ndarray, kernel, strides=(1, 1), dilations=(1, 1), pads=(0, 0, 0, 0),
+                   out: np.ndarray | None = None, *, pool: ThreadPool | None = None) -> np.ndarray:
+    """Max pooling of NHWC x [N, H, W, C] (float32/float16); pads in ONNX order [top, left,
+    bottom, right]; output [N, OH, OW, C] with floor rounding (ONNX ceil_mode=0)."""
+    what = f"MaxPool(XNNPACK) {getattr(x, 'shape', '?')} kernel {list(kernel)}"
+    x = _xnn_input(what, "X", x, (_F32, _F16))
+    k, s, d, p, shape = _pool_geometry(what, x, kernel, strides, dilations, pads)
+    out = _xnn_output(what, out, shape, x.dtype, (x,))
+    if out.size:
+        n, h, w, c = x.shape
+        _check(lib.osn_xnn_max_pool2d(_pool_ptr(pool), _LINEAR_DTYPES[x.dtype], out_ptr(out), ptr(x), n, h, w, c,
+                                      *k, *s, *d, *p), what)
+    return out
+
+
+def xnn_avg_pool2d_f32(x: np.ndarray, kernel, strides=(1, 1), pads=(0, 0, 0, 0),
+                       out: np.ndarray | None = None, *, pool: ThreadPool | None = None) -> np.ndarray:
+    """Average pooling of float32 NHWC x [N, H, W, C]; padding is not counted in the divisor
+    (ONNX count_include_pad=0); pads [top, left, bottom, right]; floor rounding."""
+    what = f"AveragePool(XNNPACK) {getattr(x, 'shape', '?')} kernel {list(kernel)}"
+    x = _xnn_input(what, "X", x, (_F32,))
+    k, s, _, p, shape = _pool_geometry(what, x, kernel, strides, (1, 1), pads)
+    out = _xnn_output(what, out, shape, x.dtype, (x,))
+    if out.size:
+        n, h, w, c = x.shape
+        _check(lib.osn_xnn_avg_pool2d_f32(_pool_ptr(pool), out_ptr(out, "float *"), ptr(x, "float *"),
+                                          n, h, w, c, *k, *s, *p), what)
+    return out
+
+
+def xnn_resize_bilinear2d(x: np.ndarray, out_hw, mode: str = "half_pixel", *, nchw: bool = False,
+                          out: np.ndarray | None = None, pool: ThreadPool | None = None) -> np.ndarray:
+    """Bilinear resize of the spatial dims of x: NHWC [N, H, W, C] (float32/float16) or, with
+    ``nchw``, NCHW [N, C, H, W] (float32, H and W > 1). ``mode``: half_pixel (source
+    (y + 0.5) * in/out - 0.5 clamped to the input), align_corners (y * (in-1)/(out-1), out > 1)
+    or asymmetric (y * in/out): the ONNX coordinate modes when scale == out/in."""
+    what = f"Resize(XNNPACK bilinear {mode}) {getattr(x, 'shape', '?')} -> {list(out_hw)}"
+    if mode not in _RESIZE_MODES:
+        raise ValueError(f"{what}: unknown mode (expected one of {sorted(_RESIZE_MODES)})")
+    x = _xnn_input(what, "X", x, (_F32,) if nchw else (_F32, _F16))
+    if x.ndim != 4:
+        raise ValueError(f"{what}: X must be [N, C, H, W]" if nchw else f"{what}: X must be [N, H, W, C]")
+    oh, ow = (int(v) for v in out_hw)
+    n, c, h, w = x.shape if nchw else (x.shape[0], x.shape[3], x.shape[1], x.shape[2])
+    if oh < 1 or ow < 1 or (mode == "align_corners" and min(oh, ow) < 2) or (nchw and min(h, w) < 2):
+        raise ValueError(f"{what}: unsupported sizes (outputs >= 1, >= 2 for align_corners; "
+                         f"NCHW inputs need H, W >= 2)")
+    out = _xnn_output(what, out, (n, c, oh, ow) if nchw else (n, oh, ow, c), x.dtype, (x,))
+    if out.size:
+        _check(lib.osn_xnn_resize_bilinear2d(_pool_ptr(pool), _LINEAR_DTYPES[x.dtype], int(nchw),
+                                             _RESIZE_MODES[mode], out_ptr(out), ptr(x), n, c, h, w, oh, ow), what)
+    return out

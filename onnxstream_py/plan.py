@@ -1,8 +1,8 @@
 """Planning pass: turns a parsed Graph into the list of steps the interpreter executes.
 
 Computed here, once per model, and nowhere else: each node's op implementation (every
-unsupported op reported together), fusions (attention -> SlicedAttention), when each
-intermediate dies (it is freed right after its last consumer), which dying inputs an
+unsupported op reported together), fusions (torch's GroupNorm chains -> GroupNorm, attention
+-> SlicedAttention), when each intermediate dies (it is freed right after its last consumer), which dying inputs an
 elementwise op may overwrite in place, which inputs are weights
 (fetched just before their op and released right after), and the order in which weights
 will be requested, handed to the WeightsProvider for read-ahead.
@@ -10,6 +10,8 @@ will be requested, handed to the WeightsProvider for read-ahead.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from . import ops
 from .errors import UnsupportedOpsError
@@ -129,10 +131,128 @@ def fuse_attention(graph: Graph, nodes: list[Node], options: RunOptions) -> tupl
     return new_nodes, len(replace)
 
 
+def fuse_group_norm(graph: Graph, nodes: list[Node]) -> tuple[list[Node], int]:
+    """Replace torch's GroupNorm export by onnxstream:GroupNorm (ops/fused.py):
+
+        x -> Reshape([0|N, G, -1]) -> InstanceNormalization(s, b) -> Reshape(Shape(x) | const)
+          [-> Mul(gamma)] [-> Add(beta)] [-> y * Sigmoid(y)]
+
+    gamma, beta, s and b must be weights or constants (weights stay inputs, so the provider
+    streams them); every intermediate must be private to the chain. The op's definition is
+    the chain's (ops/fused.py), so shapes unknown here are checked when it runs.
+    """
+    producer = {o: i for i, n in enumerate(nodes) for o in n.outputs if o}
+    counts = _consumer_counts(nodes)
+    outputs = {v.name for v in graph.outputs}
+    consumers: dict[str, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for name in dict.fromkeys(n.inputs):
+            if name:
+                consumers.setdefault(name, []).append(i)
+
+    def private(name: str) -> bool:     # used once, by the chain, and not a graph output
+        return counts.get(name, 0) == 1 and name not in outputs
+
+    def standard(i: int | None, op_type: str) -> bool:
+        return i is not None and nodes[i].op_type == op_type and nodes[i].domain == ""
+
+    def constant(name: str) -> bool:
+        return bool(name) and (name in graph.consts or name in graph.weights)
+
+    def const_equals(name: str, value: float) -> bool:
+        return name in graph.consts and bool(np.all(np.asarray(graph.consts[name]) == value))
+
+    def single_user(name: str) -> int | None:
+        users = consumers.get(name, [])
+        return users[0] if private(name) and len(users) == 1 else None
+
+    removed: set[int] = set()
+    replace: dict[int, Node] = {}
+    for ii, inorm in enumerate(nodes):
+        if not standard(ii, "InstanceNormalization") or len(inorm.inputs) != 3:
+            continue
+        # Reshape x -> [0 | N, G, -1]
+        r1_i = producer.get(inorm.inputs[0])
+        if not standard(r1_i, "Reshape") or not private(inorm.inputs[0]):
+            continue
+        r1 = nodes[r1_i]
+        if len(r1.inputs) != 2 or r1.inputs[1] not in graph.consts:
+            continue
+        target = np.asarray(graph.consts[r1.inputs[1]]).reshape(-1).tolist()
+        if (len(target) != 3 or target[2] != -1 or target[1] <= 0 or target[0] < 0
+                or (target[0] == 0 and r1.attrs.get("allowzero", 0))):
+            continue
+        x, groups, batch = r1.inputs[0], int(target[1]), int(target[0])
+        # InstanceNormalization's scale/bias: dropped when constant ones/zeros, else folded
+        s_name, b_name = inorm.inputs[1], inorm.inputs[2]
+        if not (constant(s_name) and constant(b_name)):
+            continue
+        s_name = "" if const_equals(s_name, 1.0) else s_name
+        b_name = "" if const_equals(b_name, 0.0) else b_name
+        # Reshape back to x's shape: Shape(x) or a constant target
+        r2_i = single_user(inorm.outputs[0])
+        if not standard(r2_i, "Reshape") or nodes[r2_i].inputs[0] != inorm.outputs[0] or len(nodes[r2_i].inputs) != 2:
+            continue
+        r2 = nodes[r2_i]
+        chain = [r1_i, ii, r2_i]
+        attrs = {"num_groups": groups, "epsilon": inorm.attrs.get("epsilon", 1e-5), "batch": batch}
+        tgt = r2.inputs[1]
+        if tgt in graph.consts:
+            shape = np.asarray(graph.consts[tgt]).reshape(-1).tolist()
+            if r2.attrs.get("allowzero", 0) and 0 in shape:
+                continue
+            attrs["shape"] = [int(d) for d in shape]
+        else:
+            sh_i = producer.get(tgt)
+            if (not standard(sh_i, "Shape") or nodes[sh_i].inputs[0] != x
+                    or nodes[sh_i].attrs.get("start", 0) != 0 or "end" in nodes[sh_i].attrs):
+                continue
+            if private(tgt):
+                chain.append(sh_i)            # the Shape feeds only this Reshape: it goes too
+        out = r2.outputs[0]
+        gamma = beta = ""
+        for op_type in ("Mul", "Add"):
+            i = single_user(out)
+            if not standard(i, op_type) or len(nodes[i].inputs) != 2:
+                continue
+            a, b = nodes[i].inputs
+            other = b if a == out else a
+            if not constant(other):
+                continue
+            if op_type == "Mul":
+                gamma = other
+            else:
+                beta = other
+            chain.append(i)
+            out = nodes[i].outputs[0]
+        # SiLU: out * Sigmoid(out), the Mul's operands in either order
+        users = consumers.get(out, [])
+        if counts.get(out, 0) == 2 and len(users) == 2 and out not in outputs:
+            sig_i = next((i for i in users if standard(i, "Sigmoid")), None)
+            mul_i = next((i for i in users if standard(i, "Mul")), None)
+            if (sig_i is not None and mul_i is not None and private(nodes[sig_i].outputs[0])
+                    and sorted(nodes[mul_i].inputs) == sorted([out, nodes[sig_i].outputs[0]])):
+                attrs["silu"] = 1
+                chain += [sig_i, mul_i]
+                out = nodes[mul_i].outputs[0]
+        if any(i in removed for i in chain):
+            continue
+        last = producer[out]
+        fused = Node("GroupNorm", nodes[last].name + "/group_norm", [x, gamma, beta, s_name, b_name], [out],
+                     attrs, FUSED_DOMAIN)
+        while fused.inputs and not fused.inputs[-1]:
+            fused.inputs.pop()
+        removed.update(chain)
+        replace[last] = fused
+    new_nodes = [replace.get(i, n) for i, n in enumerate(nodes) if i not in removed or i in replace]
+    return new_nodes, len(replace)
+
+
 def build_plan(graph: Graph, options: RunOptions) -> Plan:
     if options.backend == "native":
         ops.load_native()
-    nodes, n_attention = fuse_attention(graph, list(graph.nodes), options)
+    nodes, n_group_norm = fuse_group_norm(graph, list(graph.nodes))
+    nodes, n_attention = fuse_attention(graph, nodes, options)
     missing: dict[str, list[str]] = {}
     steps: list[Step] = []
     for node in nodes:
@@ -178,5 +298,5 @@ def build_plan(graph: Graph, options: RunOptions) -> Plan:
 
     order = [step.node.inputs[j] for step in steps for j in sorted(step.weight_inputs)
              if not (step.row_gather and j == 0)]
-    fusions = {"SlicedAttention": n_attention} if n_attention else {}
+    fusions = {name: k for name, k in (("GroupNorm", n_group_norm), ("SlicedAttention", n_attention)) if k}
     return Plan(steps, order, fusions)

@@ -1,11 +1,12 @@
-"""Native implementations backed by our own C kernels (native/osn_k_*.c): normalisation,
-Erf, Gelu, Softmax and the float16 <-> float32 Cast.
+"""Native implementations backed by our own C kernels (native/osn_k_*.c): normalisation
+(including the plan's fused GroupNorm + SiLU), Erf, Gelu, Softmax and the float16 <-> float32 Cast.
 
 Trade-off: each op accelerates only its common float32 case (the one Stable Diffusion runs)
 and hands every other case (float16/float64 inputs, other stash types or axes, empty
 tensors) to the numpy reference implementation, which stays the single statement of the
 op's semantics and error messages. Inputs are never modified; a strided input is copied
-once to C order before the kernel runs.
+once to C order before the kernel runs, except channels-last activations, which the
+group-normalisation kernel reads as they are (output channels-last too).
 Reference: https://onnx.ai/onnx/operators/ (one section per op).
 """
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import native
-from . import elementwise, norm, reduce
+from ..layout import is_nhwc, nhwc_buffer
+from . import elementwise, fused, norm, reduce
 from .registry import op
 
 _F32 = np.dtype(np.float32)
@@ -30,16 +32,42 @@ def _contiguous(x: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- normalisation
+def _group_norm_act(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, groups: int, epsilon: float,
+                    silu: bool, pool) -> np.ndarray:
+    """GroupNorm (+ SiLU) of float32 x [N, C, *spatial] with per-channel scale/bias [C], in x's
+    layout: a channels-last x is normalised in place of memory order (no transpose) and the
+    result is channels-last too; any other strides are copied to NCHW once."""
+    scale, bias = np.ascontiguousarray(scale, _F32), np.ascontiguousarray(bias, _F32)
+    if is_nhwc(x):
+        y = native.group_norm_act_f32(nhwc_buffer(x), scale, bias, groups, epsilon, silu,
+                                      channels_last=True, pool=pool)
+        return y.transpose(0, 3, 1, 2)
+    return native.group_norm_act_f32(_contiguous(x), scale, bias, groups, epsilon, silu, pool=pool)
+
+
 @op("InstanceNormalization", since=6, backend="native")
 def InstanceNormalization(x, scale, B, *, epsilon=1e-5, _ctx):
-    """torch's GroupNorm export runs here: Reshape [N, G, -1] -> InstanceNormalization."""
+    """torch's GroupNorm export runs here (Reshape [N, G, -1] -> InstanceNormalization) when
+    the plan did not fuse it into GroupNorm."""
     if not _is_f32(x) or x.ndim < 2:
         return norm.InstanceNormalization(x, scale, B, epsilon=epsilon)
     c = x.shape[1]
     scale = norm._channel_vector("InstanceNormalization", "scale", scale, c, _F32)
     bias = norm._channel_vector("InstanceNormalization", "bias", B, c, _F32)
-    return native.group_norm_f32(_contiguous(x), np.ascontiguousarray(scale),
-                                 np.ascontiguousarray(bias), c, epsilon, pool=_ctx.pool)
+    return _group_norm_act(x, scale, bias, c, epsilon, False, _ctx.pool)
+
+
+@op("GroupNorm", domain=fused.DOMAIN, backend="native")
+def GroupNorm(x, gamma=None, beta=None, group_scale=None, group_bias=None, *, num_groups=None,
+              epsilon=1e-5, silu=0, batch=0, shape=None, _ctx):
+    """The plan's fused GroupNorm (+ SiLU) in one C kernel, NCHW or channels-last; every case
+    that is not a float32 per-channel affine runs the numpy op (ops/fused.py)."""
+    aff = None if num_groups is None else fused.per_channel_affine(x, gamma, beta, group_scale, group_bias,
+                                                                   num_groups, batch, shape)
+    if aff is None:
+        return fused.GroupNorm(x, gamma, beta, group_scale, group_bias, num_groups=num_groups,
+                               epsilon=epsilon, silu=silu, batch=batch, shape=shape)
+    return _group_norm_act(x, aff[0], aff[1], num_groups, epsilon, bool(silu), _ctx.pool)
 
 
 def _group_norm(x, scale, bias, epsilon, num_groups, per_group_params: bool, pool):
@@ -55,8 +83,7 @@ def _group_norm(x, scale, bias, epsilon, num_groups, per_group_params: bool, poo
     else:
         scale = norm._channel_vector("GroupNormalization", "scale", scale, c, _F32)
         bias = norm._channel_vector("GroupNormalization", "bias", bias, c, _F32)
-    return native.group_norm_f32(_contiguous(x), np.ascontiguousarray(scale),
-                                 np.ascontiguousarray(bias), num_groups, epsilon, pool=pool)
+    return _group_norm_act(x, scale, bias, num_groups, epsilon, False, pool)
 
 
 @op("GroupNormalization", since=18, backend="native")
