@@ -83,12 +83,7 @@ def SlicedAttention(q, kt, v, scale=None, mask=None, *, scale_op="", slices=0, s
 
     heads = list(np.ndindex(*batch))
     threads = max(1, pool.threads)
-    # rows per block: the slice budget shared by the threads' blocks, and the cache-sized block
-    budget_rows = rows_per_slice(1, m, n, 4, slices, slice_bytes)
-    rows = max(1, min(budget_rows // threads, BLOCK_BYTES // (n * 4)))
-    rows = min(rows, m)
-    # spread the blocks evenly: ceil(m / rows) blocks of equal size
-    rows = -(-m // -(-m // rows))
+    rows = block_rows(m, n, threads, slices, slice_bytes)
     blocks = [(h, r0) for h in heads for r0 in range(0, m, rows)]
     workers = min(threads, len(blocks))
     if m * n * (q.shape[-1] + v.shape[-1]) * len(heads) < PARALLEL_MIN_MACS:
@@ -136,6 +131,15 @@ def SlicedAttention(q, kt, v, scale=None, mask=None, *, scale_op="", slices=0, s
             for f in helpers:
                 f.result()
     return out
+
+
+def block_rows(m: int, n: int, threads: int, slices: int, slice_bytes: int) -> int:
+    """Query rows per block: the numpy op's slice (from ``slices`` or the ``slice_bytes``
+    budget) shared by the threads' blocks, at most BLOCK_BYTES of scores, and spread evenly
+    (ceil(m / rows) blocks of nearly equal size)."""
+    budget_rows = rows_per_slice(1, m, n, 4, slices, slice_bytes)
+    rows = min(m, max(1, min(budget_rows // threads, BLOCK_BYTES // (n * 4))))
+    return -(-m // -(-m // rows))
 
 
 def _mask_block(mi: np.ndarray, r0: int, r1: int) -> np.ndarray:
