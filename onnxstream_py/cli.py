@@ -90,15 +90,11 @@ def cmd_run(args) -> int:
 
 def cmd_tune(args) -> int:
     from . import kernel_choice
-    from .model import Model
-    from .options import RunOptions
+    from .tune import tune_model
     feeds = _parse_inputs(args.input)
-    opts = RunOptions(threads=args.threads, backend="native", kernel_choice="measure")
     kernel_choice.clear()
     t0 = time.perf_counter()
-    with Model(args.model_dir, provider=args.provider, options=opts) as model:
-        model.run(feeds)
-        path = model.save_kernel_choices()
+    path = tune_model(args.model_dir, feeds, threads=args.threads, provider=args.provider)
     for e in kernel_choice.table():
         secs = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in sorted(e["seconds"].items()))
         print(f"{e['key'][0]:8s} {e['choice']:8s} ({secs})  {e['key'][1:]}")

@@ -75,8 +75,10 @@ class Interpreter:
         if cache is not None and cache.budget > 0:
             for i, step in enumerate(plan.steps):
                 if step.impl.wants_cache:
-                    names = tuple(step.node.inputs[j] for j in sorted(step.weight_inputs))
-                    self._slots[i] = CacheSlot(cache, i, names)
+                    pos = tuple(sorted(step.weight_inputs))
+                    static = tuple(j for j, n in enumerate(step.node.inputs)
+                                   if n and (j in step.weight_inputs or n in graph.consts))
+                    self._slots[i] = CacheSlot(cache, i, tuple(step.node.inputs[j] for j in pos), pos, static)
 
     def _fetch_weight(self, name: str) -> np.ndarray:
         decl = self.graph.weights[name]

@@ -54,10 +54,13 @@ class OperatorCache:
 
 class CacheSlot:
     """One plan step's view of the cache, handed to a cacheable op as ``_cache``."""
-    __slots__ = ("cache", "step", "weights")
+    __slots__ = ("cache", "step", "weights", "positions", "static")
 
-    def __init__(self, cache: OperatorCache, step: int, weights: tuple[str, ...]):
+    def __init__(self, cache: OperatorCache, step: int, weights: tuple[str, ...], positions: tuple[int, ...],
+                 static: tuple[int, ...]):
         self.cache, self.step, self.weights = cache, step, weights
+        self.positions = positions      # input positions that are weights
+        self.static = static            # input positions that are weights or constants
 
     @property
     def entry(self):
@@ -66,5 +69,10 @@ class CacheSlot:
     def has_room(self, nbytes: int) -> bool:
         return self.cache.has_room(nbytes)
 
-    def put(self, entry, nbytes: int) -> bool:
+    def put(self, entry, nbytes: int, covers: tuple[int, ...]) -> bool:
+        """Cache ``entry``, built from the op's inputs at positions ``covers``. Refused unless
+        it embeds every weight input of the node (a later run will not fetch any of them) and
+        nothing that may change between runs (only weights and constants)."""
+        if not set(self.positions) <= set(covers) <= set(self.static):
+            return False
         return self.cache.put(self.step, entry, nbytes, self.weights)

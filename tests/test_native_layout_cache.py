@@ -202,3 +202,52 @@ def test_concat_and_nearest_upsample_keep_channels_last():
     got = resize.Resize11(_channels_last(a), None, scales, mode="nearest")
     np.testing.assert_array_equal(got, want)
     assert is_nhwc(got)
+
+
+def _linear_model():
+    """MatMul(x, W) -> Gemm(., W2, bias const, transB) -> Gemm(., W3, C = runtime x2): the last
+    one's bias changes between runs, so its operator must not be cached."""
+    rng = np.random.default_rng(12)
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.1).astype(np.float32), n)
+             for n, s in (("W", (19, 23)), ("W2", (13, 23)), ("bias2", (13,)), ("W3", (13, 7)))]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]),
+             helper.make_node("Gemm", ["h", "W2", "bias2"], ["g"], transB=1),
+             helper.make_node("Gemm", ["g", "W3", "c3"], ["y"])]
+    g = helper.make_graph(nodes, "lin", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 19]),
+                                         helper.make_tensor_value_info("c3", TensorProto.FLOAT, [7])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 7])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_operator_cache_for_matmul_and_gemm_never_bakes_runtime_inputs():
+    model = _linear_model()
+    rng = np.random.default_rng(3)
+    feeds = [{"x": rng.standard_normal((5, 19)).astype(np.float32),
+              "c3": rng.standard_normal(7).astype(np.float32)} for _ in range(3)]
+    with tempfile.TemporaryDirectory() as d, kernel_choice.forced("xnnpack"):
+        convert_model_proto(model, d + "/m")
+        with onnxstream_py.Model(d + "/m", provider="ram",
+                                 options=onnxstream_py.RunOptions(backend="native")) as m:
+            for f in feeds:
+                (want,) = ort_outputs(model, f)
+                np.testing.assert_allclose(m.run(f)["y"], want, rtol=1e-4, atol=1e-5)
+            assert len(m.ctx.op_cache) == 2          # MatMul and the const-bias Gemm, not the runtime-C Gemm
+
+
+def test_tune_measures_streamed_and_cached_choices():
+    import json
+    from onnxstream_py.tune import tune_model
+    model = _conv_chain_model()
+    x = np.random.default_rng(4).standard_normal((1, 8, 12, 12)).astype(np.float32)
+    kernel_choice.clear()
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            convert_model_proto(model, d + "/m")
+            path = tune_model(d + "/m", {"x": x}, threads=2, provider="ram")
+            with open(path) as f:
+                entries = json.load(f)["machines"][kernel_choice.machine_fingerprint()]
+        modes = {e["key"][-1] for e in entries if e["key"][0] == "Conv"}
+        assert modes == {"cached", "streamed"}
+        assert all(set(e["seconds"]) == {"xnnpack", "blas"} for e in entries)
+    finally:
+        kernel_choice.clear()

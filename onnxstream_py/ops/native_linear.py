@@ -192,15 +192,47 @@ def Conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
         if prepared is not None:
             prepared.close()
         raise
-    if prepared is not None and not (kernel_choice.lookup(key) in ("xnnpack", None) and _cache.put(prepared, nbytes)):
+    if prepared is not None and not (kernel_choice.lookup(key) in ("xnnpack", None)
+                                     and _cache.put(prepared, nbytes, covers=(1,) if b is None else (1, 2))):
         prepared.close()
     return y
 
 
 # ---------------------------------------------------------------- MatMul / Gemm
 
-def fc_xnnpack(a2d, w, bias, weight_kn, pool=None) -> np.ndarray:
-    """a2d [M, K] @ W (+ bias) through XNNPACK; W is [K, N] (weight_kn) or [N, K]."""
+class PreparedFC:
+    """XNNPACK fully-connected operators for every column block of one weight (cacheable)."""
+
+    def __init__(self, w, bias, weight_kn):
+        n = w.shape[1] if weight_kn else w.shape[0]
+        self.k, self.n, self.dtype = (w.shape[0] if weight_kn else w.shape[1]), n, w.dtype
+        self.nbytes = w.nbytes + (0 if bias is None else bias.nbytes)
+        self.blocks = []
+        try:
+            for n0, n1 in _blocks(n, w.nbytes // n):
+                self.blocks.append((n0, native.XnnFullyConnected(w, bias, weight_kn=weight_kn, n_begin=n0,
+                                                                 n_end=n1, y_stride=n)))
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self, a2d, pool) -> np.ndarray:
+        y = np.empty((a2d.shape[0], self.n), a2d.dtype)
+        for n0, fc in self.blocks:
+            fc.run(a2d, y, n0, pool)
+        return y
+
+    def close(self) -> None:
+        for _, fc in self.blocks:
+            fc.close()
+        self.blocks = []
+
+
+def fc_xnnpack(a2d, w, bias, weight_kn, pool=None, prepared=None) -> np.ndarray:
+    """a2d [M, K] @ W (+ bias) through XNNPACK; W is [K, N] (weight_kn) or [N, K]. Without a
+    ``prepared`` (cached) operator, one block of columns is packed, run and freed at a time."""
+    if prepared is not None:
+        return prepared.run(a2d, pool)
     n = w.shape[1] if weight_kn else w.shape[0]
     y = np.empty((a2d.shape[0], n), a2d.dtype)
     col_bytes = w.nbytes // n
@@ -210,29 +242,57 @@ def fc_xnnpack(a2d, w, bias, weight_kn, pool=None) -> np.ndarray:
     return y
 
 
-def _linear(op_name, a, w, bias, weight_kn, ctx, numpy_fn):
-    """Measured choice between XNNPACK and numpy for a [..., K] @ W (+ bias)."""
+def _cached_fc(op_name, a, prepared, pool):
+    """Run a cached operator (its weight was not fetched this run)."""
+    if a.ndim < 1 or a.shape[-1] != prepared.k or a.dtype != prepared.dtype:
+        raise ValueError(f"{op_name}: input {a.dtype}{list(a.shape)} does not fit the cached operator "
+                         f"({prepared.dtype}, K={prepared.k})")
+    m = a.size // prepared.k
+    return prepared.run(np.ascontiguousarray(a).reshape(m, prepared.k), pool).reshape(a.shape[:-1] + (prepared.n,))
+
+
+def _linear(op_name, a, w, bias, weight_kn, ctx, numpy_fn, cache=None, covers=(1,)):
+    """Measured choice between XNNPACK and numpy for a [..., K] @ W (+ bias); an XNNPACK
+    choice keeps its packed operator in the operator cache when it has room."""
     k = a.shape[-1]
     n = w.shape[1] if weight_kn else w.shape[0]
     m = a.size // k
     pool = ctx.pool
-    key = (op_name, a.dtype.name, m, k, n, bool(weight_kn), bias is not None, pool.threads)
+    nbytes = w.nbytes + (0 if bias is None else bias.nbytes)
+    cacheable = cache is not None and cache.has_room(nbytes)
+    key = (op_name, a.dtype.name, m, k, n, bool(weight_kn), bias is not None, pool.threads,
+           "cached" if cacheable else "streamed")
+    choice = kernel_choice.lookup(key)
+    prepared = None
+    if cacheable and (choice == "xnnpack" or (choice is None and (ctx.measure_kernels or ctx.default_kernel == "xnnpack"))):
+        prepared = PreparedFC(w, bias, weight_kn)
 
     def xnn():
-        return fc_xnnpack(a.reshape(m, k), w, bias, weight_kn, pool).reshape(a.shape[:-1] + (n,))
+        return fc_xnnpack(a.reshape(m, k), w, bias, weight_kn, pool, prepared).reshape(a.shape[:-1] + (n,))
 
-    return kernel_choice.run_chosen(key, {"xnnpack": xnn, "blas": numpy_fn},
-                                    measure=ctx.measure_kernels, default=ctx.default_kernel)
+    try:
+        y = kernel_choice.run_chosen(key, {"xnnpack": xnn, "blas": numpy_fn},
+                                     measure=ctx.measure_kernels, default=ctx.default_kernel)
+    except BaseException:
+        if prepared is not None:
+            prepared.close()
+        raise
+    if prepared is not None and not (kernel_choice.lookup(key) in ("xnnpack", None)
+                                     and cache.put(prepared, nbytes, covers)):
+        prepared.close()
+    return y
 
 
 @op("MatMul", since=1, backend="native")
-def MatMul(a, b, *, _ctx):
+def MatMul(a, b, *, _ctx, _cache=None):
+    if _cache is not None and _cache.entry is not None:
+        return _cached_fc("MatMul", a, _cache.entry, _ctx.pool)
     if a.ndim < 2 or b.ndim != 2 or a.shape[-1] != b.shape[0] or not _same_float(a, b) or a.size == 0 or b.size == 0:
         return numpy_matmul(a, b)
-    return _linear("MatMul", a, b, None, True, _ctx, lambda: matmul(a, b))
+    return _linear("MatMul", a, b, None, True, _ctx, lambda: matmul(a, b), _cache)
 
 
-def _gemm(a, b, c, alpha, beta, transA, transB, ctx, numpy_fn):
+def _gemm(a, b, c, alpha, beta, transA, transB, ctx, numpy_fn, cache=None):
     """Gemm with A' = A, alpha = 1 and C absent or a bias row (beta 1) goes to _linear."""
     if (a.ndim != 2 or b.ndim != 2 or transA or alpha != 1.0 or not _same_float(a, b)
             or a.size == 0 or b.size == 0):
@@ -246,16 +306,20 @@ def _gemm(a, b, c, alpha, beta, transA, transB, ctx, numpy_fn):
         if beta != 1.0 or c.dtype != a.dtype or c.shape not in ((n,), (1, n)):
             return numpy_fn()
         bias = c.reshape(n)
-    return _linear("Gemm", a, b, bias, not transB, ctx, numpy_fn)
+    return _linear("Gemm", a, b, bias, not transB, ctx, numpy_fn, cache, (1,) if bias is None else (1, 2))
 
 
 @op("Gemm", since=7, backend="native")
-def Gemm7(a, b, c, *, alpha=1.0, beta=1.0, transA=0, transB=0, _ctx):
+def Gemm7(a, b, c, *, alpha=1.0, beta=1.0, transA=0, transB=0, _ctx, _cache=None):
+    if _cache is not None and _cache.entry is not None:
+        return _cached_fc("Gemm", a, _cache.entry, _ctx.pool)
     return _gemm(a, b, c, alpha, beta, transA, transB, _ctx,
-                 lambda: numpy_gemm7(a, b, c, alpha=alpha, beta=beta, transA=transA, transB=transB))
+                 lambda: numpy_gemm7(a, b, c, alpha=alpha, beta=beta, transA=transA, transB=transB), _cache)
 
 
 @op("Gemm", since=11, backend="native")
-def Gemm11(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, _ctx):
+def Gemm11(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, _ctx, _cache=None):
+    if _cache is not None and _cache.entry is not None:
+        return _cached_fc("Gemm", a, _cache.entry, _ctx.pool)
     return _gemm(a, b, c, alpha, beta, transA, transB, _ctx,
-                 lambda: numpy_gemm11(a, b, c, alpha=alpha, beta=beta, transA=transA, transB=transB))
+                 lambda: numpy_gemm11(a, b, c, alpha=alpha, beta=beta, transA=transA, transB=transB), _cache)

@@ -1,0 +1,26 @@
+"""Measure the native backend's kernel choices for a model on this machine, ahead of time.
+
+A run with ``kernel_choice="measure"`` times every candidate kernel of each new op shape it
+meets and stores the winners beside the model (kernel_choices.json). What XNNPACK costs
+depends on whether its packed operators are cached across runs, so the model is run in both
+modes: streaming (packing paid per run, as with the disk providers) and with the operator
+cache (as with the Ram provider). Each run meets the input layouts that the earlier choices
+of the same run produce, which are the layouts later runs will see.
+"""
+from __future__ import annotations
+
+from . import kernel_choice
+from .model import Model
+from .options import RunOptions
+
+
+def tune_model(model_dir: str, feeds: dict, threads: int | None = None, provider: str = "prefetch") -> str | None:
+    """Measure and store the choices; returns the path written (None if read-only)."""
+    path = None
+    for cache_bytes in (0, None):          # streaming, then with the operator cache
+        opts = RunOptions(threads=threads, backend="native", kernel_choice="measure",
+                          operator_cache_bytes=cache_bytes if cache_bytes is not None else 1 << 62)
+        with Model(model_dir, provider=provider, options=opts) as model:
+            model.run(feeds)
+            path = model.save_kernel_choices()
+    return path
