@@ -17,9 +17,10 @@
 #define OSN_SIMD_CLONES
 #endif
 
-#define LANES 16                              /* independent float32 partial sums */
+#define LANES 64                              /* independent float32 partial sums (4 AVX-512 vectors: adds overlap) */
 #define BLOCK 4096                            /* elements per two-pass statistics block (16 KiB) */
 #define CHUNK ((size_t)1 << 16)               /* elements per parallel task of a long row (256 KiB) */
+#define NHWC_BLOCK 32768                      /* elements per channels-last statistics block (128 KiB, in L2) */
 #define LAYER_NORM_TILE_ELEMS ((size_t)1 << 14)  /* rows per layer-norm task ~ 64 KiB */
 
 /* cond ? a : b as bit masks, so loops calling it vectorise (see osn_k_math.c). */
@@ -255,18 +256,35 @@ struct group_norm_nhwc_ctx {
     float* ch_mul;           /* [batch, C] invstd of the channel's group * scale[c] */
 };
 
-/* s[c] = sum over px pixels of x[p, c] */
+/* s[c] = sum over px pixels of x[p, c]. Four pixels per sweep: the running sums s are
+ * loaded and stored once per four pixels, not once per pixel. */
 OSN_SIMD_CLONES static void channel_sums(float* restrict s, const float* restrict x, size_t px, size_t nc) {
     for (size_t ch = 0; ch < nc; ch++) s[ch] = 0.0f;
-    for (size_t p = 0; p < px; p++)
+    size_t p = 0;
+    for (; p + 4 <= px; p += 4) {
+        const float* restrict x0 = x + p * nc;
+        for (size_t ch = 0; ch < nc; ch++)
+            s[ch] += (x0[ch] + x0[nc + ch]) + (x0[2 * nc + ch] + x0[3 * nc + ch]);
+    }
+    for (; p < px; p++)
         for (size_t ch = 0; ch < nc; ch++) s[ch] += x[p * nc + ch];
 }
 
-/* sd[c] = sum over px pixels of (x[p, c] - m[c]), ss[c] of its square */
+/* sd[c] = sum over px pixels of (x[p, c] - m[c]), ss[c] of its square (four pixels per sweep) */
 OSN_SIMD_CLONES static void channel_devs(float* restrict sd, float* restrict ss, const float* restrict x,
                                          const float* restrict m, size_t px, size_t nc) {
     for (size_t ch = 0; ch < nc; ch++) sd[ch] = ss[ch] = 0.0f;
-    for (size_t p = 0; p < px; p++)
+    size_t p = 0;
+    for (; p + 4 <= px; p += 4) {
+        const float* restrict x0 = x + p * nc;
+        for (size_t ch = 0; ch < nc; ch++) {
+            const float d0 = x0[ch] - m[ch], d1 = x0[nc + ch] - m[ch];
+            const float d2 = x0[2 * nc + ch] - m[ch], d3 = x0[3 * nc + ch] - m[ch];
+            sd[ch] += (d0 + d1) + (d2 + d3);
+            ss[ch] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+        }
+    }
+    for (; p < px; p++)
         for (size_t ch = 0; ch < nc; ch++) {
             const float d = x[p * nc + ch] - m[ch];
             sd[ch] += d;
@@ -291,10 +309,12 @@ static void group_norm_nhwc_stats_task(void* arg, size_t n, size_t t) {
     float* s1 = buf;
     float* s2 = buf + nc;
     float* m = buf + 2 * nc;
-    /* Blocks of <= BLOCK elements, so the second pass over a block comes from L1, and of
-     * <= BLOCK / LANES pixels, so no float32 per-channel sum runs longer than the NCHW
-     * kernel's per-lane sums (BLOCK / LANES). */
-    size_t block_px = BLOCK / nc ? BLOCK / nc : 1;
+    /* Blocks of ~NHWC_BLOCK elements, so the second pass over a block comes from L1/L2, of
+     * >= 4 pixels (one sweep; with C in the thousands a block of one pixel would spend as
+     * long folding groups as summing), and of <= BLOCK / LANES pixels, so no float32
+     * per-channel sum runs longer than the NCHW kernel's per-lane sums. */
+    size_t block_px = NHWC_BLOCK / nc;
+    if (block_px < 4) block_px = 4;
     if (block_px > BLOCK / LANES) block_px = BLOCK / LANES;
     for (size_t p = p0; p < p1; p += block_px) {
         const size_t np = p1 - p < block_px ? p1 - p : block_px;
