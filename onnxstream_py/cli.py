@@ -35,7 +35,9 @@ def _summary(name: str, a) -> str:
 
 def _options(args):
     from .options import RunOptions
-    return RunOptions(threads=args.threads, attention_slices=args.attention_slices, backend=args.backend)
+    cache = None if args.operator_cache_mib is None else args.operator_cache_mib << 20
+    return RunOptions(threads=args.threads, attention_slices=args.attention_slices, backend=args.backend,
+                      operator_cache_bytes=cache)
 
 
 def cmd_convert(args) -> int:
@@ -148,8 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     def run_opts(sp):
         sp.add_argument("--provider", default="prefetch", help="nocache | prefetch | ram (default prefetch)")
         sp.add_argument("--threads", type=int, default=None, help="threads for heavy math (default: all cores)")
-        sp.add_argument("--backend", default="numpy", choices=["numpy", "native"],
-                        help="numpy (reference) or native (C kernels and XNNPACK where available)")
+        sp.add_argument("--backend", default="native", choices=["numpy", "native"],
+                        help="native (default: C kernels and XNNPACK where available) or numpy (reference)")
+        sp.add_argument("--operator-cache-mib", type=int, default=None,
+                        help="MiB of packed XNNPACK operators kept across runs (default: unlimited "
+                             "with --provider ram, 0 otherwise)")
         sp.add_argument("--attention-slices", type=int, default=0,
                         help="query-row slices for attention (0: sized to a 16 MiB budget)")
 

@@ -21,9 +21,10 @@ class RunOptions:
     # (a corrupted or truncated file is caught on first use) and trusts later reads of the
     # same bytes; "always" checks every read; "never" skips them. True/False = always/never.
     verify_checksums: str | bool = "first"
-    # "numpy": the reference path. "native": C kernels and XNNPACK where an op has them
-    # (ops/native_*.py), numpy for the rest; needs the compiled extension.
-    backend: str = "numpy"
+    # "native" (default): C kernels and XNNPACK where an op has them (ops/native_*.py), numpy
+    # for the rest; needs the compiled extension. "numpy": the pure-numpy reference path
+    # (tests, debugging, or a machine where the extension was not built).
+    backend: str = "native"
     # Native backend, ops with several kernels (XNNPACK or BLAS): "cached" uses the choices
     # measured for this machine (kernel_choices.json beside the model) and a default rule
     # for shapes without one; "measure" times unseen shapes and stores the result.
