@@ -274,7 +274,7 @@ def main(argv=None):
     ap.add_argument("--provider", default="nocache",
                     help="onnxstream_py weights provider(s), comma separated")
     ap.add_argument("--engines", default="ort,onnxstream")
-    ap.add_argument("--backends", default="numpy", help="onnxstream_py backends: numpy,native")
+    ap.add_argument("--backends", default="native", help="onnxstream_py backends: native,numpy (comma list)")
     ap.add_argument("--no-tune", action="store_true",
                     help="native backend: use the stored kernel choices / default rule without measuring first")
     ap.add_argument("--runs", type=int, default=1)
