@@ -589,7 +589,9 @@ def _xnn_output(what: str, out, shape, dtype, inputs) -> np.ndarray:
 def xnn_binary(op: str, a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *,
                pool: ThreadPool | None = None) -> np.ndarray:
     """out = a (op) b with numpy broadcasting; op one of Add, Sub, Mul, Div, Min, Max.
-    a and b: C-contiguous float32 (float16 for Add/Mul), rank <= 6 (0-d allowed)."""
+    a and b: C-contiguous float32 (float16 for Add/Mul), rank <= 6 (0-d allowed).
+    Unlike numpy, a NaN result comes out as -inf (XNNPACK clamps every output to [-inf, inf]
+    with max/min) and min/max may drop a NaN operand: callers keep NaN-producing inputs away."""
     what = f"{op}(XNNPACK) {getattr(a, 'shape', '?')} {getattr(b, 'shape', '?')}"
     if op not in _BINARY_OPS:
         raise ValueError(f"{what}: unknown binary op (expected one of {sorted(_BINARY_OPS)})")
@@ -615,7 +617,8 @@ def xnn_unary(op: str, x: np.ndarray, out: np.ndarray | None = None, *, lo: floa
               hi: float = np.inf, pool: ThreadPool | None = None) -> np.ndarray:
     """out = f(x) elementwise for op in Sigmoid, Clip (bounds lo < hi), Abs, Neg, Sqrt, Square,
     Floor, Ceil, Round (half to even); x C-contiguous float32 (float16 for Clip); out may be x.
-    XNNPACK runs with denormals flushed to zero (Ceil/Floor/Sqrt of a denormal give 0)."""
+    Differences from numpy: denormals are flushed to zero (Ceil/Floor/Sqrt of a denormal give
+    0), Clip maps NaN to a bound, Sigmoid gives NaN for 4.29e26 <= |x| <= 2.36e38."""
     what = f"{op}(XNNPACK) {getattr(x, 'shape', '?')}"
     if op not in _UNARY_OPS:
         raise ValueError(f"{what}: unknown unary op (expected one of {sorted(_UNARY_OPS)})")
@@ -664,7 +667,8 @@ def _pool_geometry(what, x, kernel, strides, dilations, pads):
 def xnn_max_pool2d(x: np.ndarray, kernel, strides=(1, 1), dilations=(1, 1), pads=(0, 0, 0, 0),
                    out: np.ndarray | None = None, *, pool: ThreadPool | None = None) -> np.ndarray:
     """Max pooling of NHWC x [N, H, W, C] (float32/float16); pads in ONNX order [top, left,
-    bottom, right]; output [N, OH, OW, C] with floor rounding (ONNX ceil_mode=0)."""
+    bottom, right]; output [N, OH, OW, C] with floor rounding (ONNX ceil_mode=0). NaN inputs
+    may be dropped (numpy's maximum propagates them)."""
     what = f"MaxPool(XNNPACK) {getattr(x, 'shape', '?')} kernel {list(kernel)}"
     x = _xnn_input(what, "X", x, (_F32, _F16))
     k, s, d, p, shape = _pool_geometry(what, x, kernel, strides, dilations, pads)
@@ -679,7 +683,8 @@ def xnn_max_pool2d(x: np.ndarray, kernel, strides=(1, 1), dilations=(1, 1), pads
 def xnn_avg_pool2d_f32(x: np.ndarray, kernel, strides=(1, 1), pads=(0, 0, 0, 0),
                        out: np.ndarray | None = None, *, pool: ThreadPool | None = None) -> np.ndarray:
     """Average pooling of float32 NHWC x [N, H, W, C]; padding is not counted in the divisor
-    (ONNX count_include_pad=0); pads [top, left, bottom, right]; floor rounding."""
+    (ONNX count_include_pad=0); pads [top, left, bottom, right]; floor rounding. A NaN
+    average comes out as -inf (output clamp)."""
     what = f"AveragePool(XNNPACK) {getattr(x, 'shape', '?')} kernel {list(kernel)}"
     x = _xnn_input(what, "X", x, (_F32,))
     k, s, _, p, shape = _pool_geometry(what, x, kernel, strides, (1, 1), pads)
