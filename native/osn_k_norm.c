@@ -167,8 +167,10 @@ OSN_SIMD_CLONES static void group_norm_output(const struct group_norm_ctx* c, si
         const size_t end = (k + 1) * c->spatial < p1 ? (k + 1) * c->spatial : p1;
         const float a = (float)(invstd * (double)c->scale[ch0 + k]);
         const float b = c->bias[ch0 + k];
-        const float* restrict xs = x + p;
-        float* restrict ys = y + p;
+        /* no restrict: y may be x itself (GCC's run-time alias check lets equal pointers
+         * take the vector loop) */
+        const float* xs = x + p;
+        float* ys = y + p;
         if (c->silu) {
             for (size_t i = 0; i < end - p; i++) ys[i] = silu_f32((xs[i] - mean) * a + b);
         } else {
@@ -349,8 +351,8 @@ OSN_SIMD_CLONES static void group_norm_nhwc_output_task(void* arg, size_t n, siz
     const float* restrict mul = c->ch_mul + n * nc;
     const float* restrict bias = c->bias;
     for (size_t p = p0; p < p1; p++) {
-        const float* restrict x = c->x + (n * c->spatial + p) * nc;
-        float* restrict y = c->y + (n * c->spatial + p) * nc;
+        const float* x = c->x + (n * c->spatial + p) * nc;   /* y may be x (in place) */
+        float* y = c->y + (n * c->spatial + p) * nc;
         if (c->silu) {
             for (size_t ch = 0; ch < nc; ch++) y[ch] = silu_f32((x[ch] - mean[ch]) * mul[ch] + bias[ch]);
         } else {

@@ -45,7 +45,8 @@ int osn_group_norm_f32(
  * sqrt(var_g + epsilon) * scale[c] + bias[c], y = silu ? z * sigmoid(z) : z. Statistics are
  * per (batch item, group of channels_per_group consecutive channels) over all spatial
  * positions, whatever the layout. x is read twice (statistics, then output) and y written
- * once. y must not overlap x. */
+ * once. y may be x itself (in place: every statistic is complete before any output is
+ * written); it must not otherwise overlap x. */
 int osn_group_norm_act_f32(
     osn_pool* pool,              /* threads to use (NULL: the calling thread) */
     float* y,                    /* output, x's shape and layout */

@@ -518,7 +518,7 @@ def group_norm_act_f32(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, group
     """GroupNorm (+ SiLU) of a C-contiguous float32 buffer: x is [N, C, *spatial], or with
     ``channels_last`` the [N, *spatial, C] buffer of a channels-last activation; the result has
     x's shape and layout. Statistics per (n, group of C/groups consecutive channels); scale and
-    bias are per channel [C]."""
+    bias are per channel [C]. ``out`` may be x itself (in place)."""
     what = f"GroupNorm X {getattr(x, 'shape', '?')} groups={groups} channels_last={channels_last}"
     _need(what, x, "X", (np.float32,))
     if x.ndim < 2:
@@ -530,7 +530,7 @@ def group_norm_act_f32(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, group
         _need(what, v, name, (np.float32,))
         if v.shape != (c,):
             raise ValueError(f"{what}: {name} must have shape ({c},), got {v.shape}")
-    out = _out_like(what, out, x.shape, np.float32, x, may_alias=False)
+    out = _out_like(what, out, x.shape, np.float32, x, may_alias=True)
     n = x.shape[0]
     spatial = x.size // (n * c) if x.size else 0
     layout = lib.OSN_LAYOUT_NHWC if channels_last else lib.OSN_LAYOUT_NCHW

@@ -80,6 +80,31 @@ def test_kernel_single_thread_and_constant_groups(ctx):
                                    rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("n,c,h,w,g", [(1, 12, 13, 19, 3), (1, 8, 131, 137, 2)], ids=str)
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_kernel_in_place_and_op_with_donated_input(ctx, n, c, h, w, g, layout):
+    x = _rand((n, c, h, w), 1, loc=2.0)
+    scale, bias = _rand(c, 2), _rand(c, 3)
+    want = fused.group_norm_reference(x, scale, bias, g, 1e-5, True)
+    buf = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if layout == "nhwc" else x.copy()
+    got = native.group_norm_act_f32(buf, scale, bias, g, 1e-5, True, channels_last=layout == "nhwc",
+                                    out=buf, pool=ctx.pool)
+    assert got is buf
+    got = got.transpose(0, 3, 1, 2) if layout == "nhwc" else got
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * float(np.abs(want).max()))
+    # the op writes into a donated x (same memory and layout), nowhere else
+    xin = _channels_last(x) if layout == "nhwc" else x.copy()
+    y = nk.GroupNorm(xin, scale.reshape(c, 1, 1), bias.reshape(c, 1, 1), num_groups=g, silu=1, _out=xin,
+                     _ctx=ctx)
+    assert np.shares_memory(y, xin) and y.strides == xin.strides
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6 * float(np.abs(want).max()))
+    other = np.empty_like(x)                 # a buffer that is not x's: ignored
+    xin = x.copy()
+    y = nk.GroupNorm(xin, scale.reshape(c, 1, 1), bias.reshape(c, 1, 1), num_groups=g, silu=1, _out=other,
+                     _ctx=ctx)
+    assert not np.shares_memory(y, other) and np.array_equal(xin, x)
+
+
 def test_kernel_rejects_bad_input():
     x = _rand((1, 12, 5, 5))
     s = np.ones(12, np.float32)
@@ -91,8 +116,10 @@ def test_kernel_rejects_bad_input():
         native.group_norm_act_f32(x.transpose(0, 1, 3, 2), s, s, 3, 1e-5)
     with pytest.raises(ValueError, match="C-contiguous float32"):
         native.group_norm_act_f32(x.astype(np.float64), s, s, 3, 1e-5)
-    with pytest.raises(ValueError, match="overlaps"):
-        native.group_norm_act_f32(x, s, s, 3, 1e-5, out=x)
+    buf = np.empty(2 * x.size, np.float32)
+    with pytest.raises(ValueError, match="overlaps"):         # shifted, partly overlapping output
+        native.group_norm_act_f32(buf[:x.size].reshape(x.shape), s, s, 3, 1e-5,
+                                  out=buf[3:3 + x.size].reshape(x.shape))
 
 
 # --------------------------------------------------------------------------- op vs unfused chain

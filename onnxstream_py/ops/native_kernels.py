@@ -33,16 +33,26 @@ def _contiguous(x: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- normalisation
 def _group_norm_act(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, groups: int, epsilon: float,
-                    silu: bool, pool) -> np.ndarray:
+                    silu: bool, pool, inplace: bool = False) -> np.ndarray:
     """GroupNorm (+ SiLU) of float32 x [N, C, *spatial] with per-channel scale/bias [C], in x's
-    layout: a channels-last x is normalised in place of memory order (no transpose) and the
-    result is channels-last too; any other strides are copied to NCHW once."""
+    layout: a channels-last x is normalised as it lies in memory (no transpose) and the result
+    is channels-last too; any other strides are copied to NCHW once. ``inplace``: write into
+    x's own buffer (x is a dying, donated input)."""
     scale, bias = np.ascontiguousarray(scale, _F32), np.ascontiguousarray(bias, _F32)
     if is_nhwc(x):
-        y = native.group_norm_act_f32(nhwc_buffer(x), scale, bias, groups, epsilon, silu,
-                                      channels_last=True, pool=pool)
+        buf = nhwc_buffer(x)
+        y = native.group_norm_act_f32(buf, scale, bias, groups, epsilon, silu, channels_last=True,
+                                      out=buf if inplace else None, pool=pool)
         return y.transpose(0, 3, 1, 2)
-    return native.group_norm_act_f32(_contiguous(x), scale, bias, groups, epsilon, silu, pool=pool)
+    if not x.flags.c_contiguous:
+        return native.group_norm_act_f32(np.ascontiguousarray(x), scale, bias, groups, epsilon, silu, pool=pool)
+    return native.group_norm_act_f32(x, scale, bias, groups, epsilon, silu, out=x if inplace else None, pool=pool)
+
+
+def _is_own_buffer(out, x: np.ndarray) -> bool:
+    """The interpreter donated x itself (registry ``_out``): same memory, shape and strides."""
+    return (isinstance(out, np.ndarray) and out.dtype == _F32 and out.flags.writeable
+            and out.shape == x.shape and out.strides == x.strides and out.ctypes.data == x.ctypes.data)
 
 
 @op("InstanceNormalization", since=6, backend="native")
@@ -59,15 +69,17 @@ def InstanceNormalization(x, scale, B, *, epsilon=1e-5, _ctx):
 
 @op("GroupNorm", domain=fused.DOMAIN, backend="native")
 def GroupNorm(x, gamma=None, beta=None, group_scale=None, group_bias=None, *, num_groups=None,
-              epsilon=1e-5, silu=0, batch=0, shape=None, _ctx):
-    """The plan's fused GroupNorm (+ SiLU) in one C kernel, NCHW or channels-last; every case
-    that is not a float32 per-channel affine runs the numpy op (ops/fused.py)."""
+              epsilon=1e-5, silu=0, batch=0, shape=None, _out=None, _ctx):
+    """The plan's fused GroupNorm (+ SiLU) in one C kernel, NCHW or channels-last, in place
+    when x dies here (a norm2 input of a UNet ResNet block); every case that is not a float32
+    per-channel affine runs the numpy op (ops/fused.py)."""
     aff = None if num_groups is None else fused.per_channel_affine(x, gamma, beta, group_scale, group_bias,
                                                                    num_groups, batch, shape)
     if aff is None:
         return fused.GroupNorm(x, gamma, beta, group_scale, group_bias, num_groups=num_groups,
                                epsilon=epsilon, silu=silu, batch=batch, shape=shape)
-    return _group_norm_act(x, aff[0], aff[1], num_groups, epsilon, bool(silu), _ctx.pool)
+    return _group_norm_act(x, aff[0], aff[1], num_groups, epsilon, bool(silu), _ctx.pool,
+                           inplace=_is_own_buffer(_out, x))
 
 
 def _group_norm(x, scale, bias, epsilon, num_groups, per_group_params: bool, pool):
