@@ -90,7 +90,9 @@ def SlicedAttention(q, kt, v, scale=None, mask=None, *, scale_op="", slices=0, s
     workers = min(threads, len(blocks))
     if m * n * (q.shape[-1] + v.shape[-1]) * len(heads) < PARALLEL_MIN_MACS:
         workers = 1
-    exp_pool = pool if workers == 1 else None   # helpers run their C calls on their own thread
+    # The C step runs on the calling thread even without helpers: its share of a small problem
+    # is tiny, and waking the pool right after a multi-threaded BLAS call can wait for a core
+    # that OpenBLAS' spinning worker holds (seen under load: 1 ms calls taking 128 ms).
     transposed = mb is None and n >= TRANSPOSED_MIN_KEYS
     dv = v.shape[-1]
     nxt = itertools.count()
@@ -110,15 +112,14 @@ def SlicedAttention(q, kt, v, scale=None, mask=None, *, scale_op="", slices=0, s
                 # Sᵀ = K·Qᵀ [n, rows]: OpenBLAS runs K=d GEMMs faster with the long side as M
                 sb = s[:, :r1 - r0] if r1 - r0 == rows else np.empty((n, r1 - r0), np.float32)
                 np.matmul(kb[idx].T, qb[idx][r0:r1].T, out=sb)
-                native.attention_exp_t_f32(sb, sm, factor, pool=exp_pool)
+                native.attention_exp_t_f32(sb, sm, factor)
                 otb = ot[:, :r1 - r0] if r1 - r0 == rows else np.empty((dv, r1 - r0), np.float32)
                 np.matmul(vb[idx].T, sb, out=otb)
                 np.divide(otb.T, sm[:, None], out=ob)
             else:
                 sb = s[:r1 - r0]
                 np.matmul(qb[idx][r0:r1], kb[idx], out=sb)
-                native.attention_exp_f32(sb, sm, factor, None if mb is None else _mask_block(mb[idx], r0, r1),
-                                         pool=exp_pool)
+                native.attention_exp_f32(sb, sm, factor, None if mb is None else _mask_block(mb[idx], r0, r1))
                 np.matmul(sb, vb[idx], out=ob)
                 ob /= sm[:, None]
 
