@@ -42,7 +42,7 @@ BLOCK_BYTES = 2 << 20
 # (cross-attention) the row layout is 1.5x faster.
 TRANSPOSED_MIN_KEYS = 2048
 # Below this many multiply-adds (all heads, both products) the op runs on the calling thread
-# with BLAS' own threads and the pool. Measured (8 heads, 2 threads, under load), helper
+# with BLAS' own threads. Measured (8 heads, 2 threads, under load), helper
 # threads vs calling thread: 1024x77x80 (101M) 3.2 vs 2.3 ms, 256x77x160 (50M) 1.6 vs 1.0 ms,
 # 256x256x160 (168M) 2.1 vs 2.3 ms, 4096x77x40 (202M) 4.4 vs 5.1 ms.
 PARALLEL_MIN_MACS = 128 << 20
