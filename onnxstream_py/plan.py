@@ -159,8 +159,9 @@ def fuse_group_norm(graph: Graph, nodes: list[Node]) -> tuple[list[Node], int]:
     def constant(name: str) -> bool:
         return bool(name) and (name in graph.consts or name in graph.weights)
 
-    def const_equals(name: str, value: float) -> bool:
-        return name in graph.consts and bool(np.all(np.asarray(graph.consts[name]) == value))
+    def const_equals(name: str, value: float, size: int) -> bool:
+        v = graph.consts.get(name)
+        return v is not None and np.size(v) == size and bool(np.all(np.asarray(v) == value))
 
     def single_user(name: str) -> int | None:
         users = consumers.get(name, [])
@@ -187,8 +188,8 @@ def fuse_group_norm(graph: Graph, nodes: list[Node]) -> tuple[list[Node], int]:
         s_name, b_name = inorm.inputs[1], inorm.inputs[2]
         if not (constant(s_name) and constant(b_name)):
             continue
-        s_name = "" if const_equals(s_name, 1.0) else s_name
-        b_name = "" if const_equals(b_name, 0.0) else b_name
+        s_name = "" if const_equals(s_name, 1.0, groups) else s_name
+        b_name = "" if const_equals(b_name, 0.0, groups) else b_name
         # Reshape back to x's shape: Shape(x) or a constant target
         r2_i = single_user(inorm.outputs[0])
         if not standard(r2_i, "Reshape") or nodes[r2_i].inputs[0] != inorm.outputs[0] or len(nodes[r2_i].inputs) != 2:
