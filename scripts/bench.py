@@ -47,6 +47,9 @@ def child_env(threads):
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
+    # what `import onnxstream_py` sets before numpy loads (see its __init__); the child
+    # imports numpy first, so it is set here (onnxruntime does not use OpenBLAS)
+    env.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
     repo = os.path.dirname(HERE)
     env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
     return env
