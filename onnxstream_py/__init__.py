@@ -16,11 +16,12 @@ import sys as _sys
 # OpenBLAS's idle workers spin for 2**28 cycles (~0.1 s) after each call before sleeping;
 # on a small machine they then hold the cores that the native backend's thread pool needs
 # for the next op (measured: the SD 1.5 UNet's XNNPACK convolutions took 2.1 s instead of
-# 1.6 s per run on 2 cores). 2**16 cycles (~20 us) still bridges back-to-back BLAS calls.
+# 1.6 s per run on 2 cores). With 2**8 (measured: 16 still slowed the next XNNPACK call
+# by 10-40 ms, 12 and below did not) a worker sleeps as soon as its work ends.
 # OpenBLAS reads this when numpy loads it, so it only applies if numpy is not loaded yet
 # (always true for the CLI); library users can export it themselves.
 if "numpy" not in _sys.modules:
-    _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
+    _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "8")
 
 __version__ = "0.1.0"
 _EXPORTS = {

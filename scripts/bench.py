@@ -49,7 +49,7 @@ def child_env(threads):
         env[var] = str(threads)
     # what `import onnxstream_py` sets before numpy loads (see its __init__); the child
     # imports numpy first, so it is set here (onnxruntime does not use OpenBLAS)
-    env.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
+    env.setdefault("OPENBLAS_THREAD_TIMEOUT", "8")
     repo = os.path.dirname(HERE)
     env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
     return env
