@@ -34,7 +34,7 @@ def open_provider(kind: str, weights_path: str, options: RunOptions) -> wp.Weigh
         return wp.DiskPrefetch(weights_path, budget_bytes=options.prefetch_bytes,
                                verify=options.verify_checksums)
     if k == "ram":
-        return wp.Ram(wp.DiskNoCache(weights_path, verify=options.verify_checksums))
+        return wp.Ram(wp.DiskNoCache(weights_path, verify=options.verify_checksums, use_mmap=False))
     raise ValueError(f"unknown provider {kind!r}; choose one of {', '.join(PROVIDERS)} "
                      f"or pass a WeightsProvider instance")
 

@@ -656,3 +656,57 @@ def test_verify_mode_never_and_bad_value(tmp_path):
     assert verify_mode(True) == "always" and verify_mode(False) == "never"
     with pytest.raises(ValueError, match="verify must be one of"):
         verify_mode("sometimes")
+
+
+# --- memory-mapped reads ---------------------------------------------------------------
+
+def test_big_tensors_are_mapped_read_only_and_small_ones_copied(wfile, tensors):
+    from weights_providers.tensorfile import MMAP_MIN_BYTES, is_mapped
+    assert tensors["big"].nbytes >= MMAP_MIN_BYTES > tensors["tail"].nbytes
+    for p in (DiskNoCache(wfile), DiskPrefetch(wfile, budget_bytes=BUDGET)):
+        with p:
+            p.plan(list(tensors))
+            for name, want in tensors.items():
+                got = p.get(name)
+                assert same(got, want)
+                assert is_mapped(got) == (want.nbytes >= MMAP_MIN_BYTES)
+                if is_mapped(got):
+                    assert not got.flags.writeable
+                    with pytest.raises(ValueError):
+                        got[...] = 0
+                p.release(name)
+    with DiskNoCache(wfile, use_mmap=False) as p:
+        assert not is_mapped(p.get("big")) and same(p.get("big"), tensors["big"])
+
+
+def test_mapped_read_of_a_file_truncated_after_opening_is_an_error_not_a_crash(wfile, tensors):
+    idx = WeightsIndex.read(str(wfile))
+    big = idx["big"]
+    for verify in ("always", "never"):
+        with DiskNoCache(wfile, verify=verify) as p:
+            os.truncate(wfile, big.offset + big.nbytes // 2)
+            with pytest.raises(WeightsError, match=r"'big'.*truncated"):
+                p.get("big")
+        write_weights(wfile, tensors)
+
+
+def test_mapped_read_checks_the_checksum(wfile, tensors):
+    idx = WeightsIndex.read(str(wfile))
+    big = idx["big"]
+    with open(wfile, "r+b") as f:
+        f.seek(big.offset + 1000)
+        b = f.read(1)
+        f.seek(big.offset + 1000)
+        f.write(bytes([b[0] ^ 0x55]))
+    with DiskNoCache(wfile) as p:
+        with pytest.raises(WeightsError, match=r"'big'.*checksum mismatch"):
+            p.get("big")
+
+
+def test_ram_holds_copies_not_mappings(wfile, tensors):
+    from weights_providers.tensorfile import is_mapped
+    with Ram(DiskNoCache(wfile)) as r:           # a mapping inner provider
+        got = r.get("big")
+        assert not is_mapped(got) and same(got, tensors["big"])
+        os.truncate(wfile, 0)
+        assert same(r.get("big"), tensors["big"])  # still readable: no SIGBUS

@@ -11,6 +11,7 @@ streamed checksum), and both accept the weights file or the model directory hold
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -38,8 +39,8 @@ class _OnDisk(WeightsProvider):
 class DiskNoCache(_OnDisk):
     """Reads each tensor from disk on every ``get``; holds no tensor data."""
 
-    def __init__(self, path, verify="always"):
-        self._file = TensorFile(path, verify)
+    def __init__(self, path, verify="always", use_mmap: bool = True):
+        self._file = TensorFile(path, verify, use_mmap)
 
     def get(self, name: str) -> np.ndarray:
         return self._file.read(self._file.entry(name))
@@ -62,7 +63,9 @@ class DiskPrefetch(_OnDisk):
         # The thread references only the file's read method, never this object, so an
         # unclosed provider can still be collected (and __del__ stops the thread).
         # ``readahead`` is public for its statistics and ``wait_idle`` (tests, tuning).
-        self.readahead = ReadAhead(self._file.read, budget_bytes)
+        # Mapped tensors are touched on the read-ahead thread, so their page faults (the
+        # actual disk reads of a cold file) happen there, not in the op that uses them.
+        self.readahead = ReadAhead(functools.partial(self._file.read, touch=True), budget_bytes)
 
     @property
     def budget_bytes(self) -> int:

@@ -7,7 +7,9 @@ It reads through another provider: a DiskNoCache on the path it is given, or any
 passed in (e.g. a DiskPrefetch, so the first run reads ahead), which it then owns and closes.
 
 Cached arrays are made read-only views: they are shared by every run, and a caller writing
-into one would silently corrupt later runs.
+into one would silently corrupt later runs. They are copies, never file mappings (a mapped
+tensor from an inner disk provider is copied once): what Ram holds must stay valid for its
+whole life, even if the file is rewritten or truncated meanwhile.
 Tables read with ``get_rows`` are not cached whole: their rows come from the inner provider
 each time (a few rows of a 151 MB embedding table are cheap to read, the table is not to keep).
 """
@@ -20,6 +22,7 @@ import numpy as np
 
 from .base import WeightsProvider
 from .disk import DiskNoCache
+from .tensorfile import is_mapped
 
 
 class Ram(WeightsProvider):
@@ -27,7 +30,8 @@ class Ram(WeightsProvider):
 
     def __init__(self, path_or_provider, preload: bool = False, verify="always"):
         if isinstance(path_or_provider, (str, bytes, os.PathLike)):
-            self._inner = DiskNoCache(path_or_provider, verify=verify)
+            # copies, not file mappings: what Ram holds must survive the file changing
+            self._inner = DiskNoCache(path_or_provider, verify=verify, use_mmap=False)
         elif callable(getattr(path_or_provider, "get", None)):
             self._inner = path_or_provider
         else:
@@ -70,7 +74,8 @@ class Ram(WeightsProvider):
     def get(self, name: str) -> np.ndarray:
         arr = self._cache.get(name)
         if arr is None:
-            arr = self._inner.get(name).view()
+            arr = self._inner.get(name)
+            arr = arr.copy() if is_mapped(arr) else arr.view()
             arr.flags.writeable = False
             self._cache[name] = arr
             self._inner.release(name)  # the inner provider may forget it: we hold it now

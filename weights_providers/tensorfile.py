@@ -1,6 +1,15 @@
 """Checked, positioned reads of tensors from one local weights file (shared by the disk providers).
 
-Every read is a positioned read (``os.preadv``) on one file descriptor, so several threads
+A tensor of at least MMAP_MIN_BYTES is memory-mapped, not copied: the returned (read-only)
+array's memory is the OS page cache itself, mapped for as long as the array lives and
+unmapped when the engine drops it. Measured on the SD 1.5 UNet (3.4 GB, warm page cache,
+x86-64): reading every weight with pread took 0.5-1.4 s per run, mapping and touching every
+page 0.11 s. A cold file is read by the page faults (DiskPrefetch touches the pages on its
+read-ahead thread, so that happens off the compute thread). Mapped pages are clean page
+cache: under memory pressure the kernel drops them instead of swapping. Before mapping, the
+file's current size is checked, so a file truncated after opening gives a WeightsError,
+not a SIGBUS. Smaller tensors, and files that cannot be mapped, are read with a positioned
+read (``os.preadv``) on one file descriptor, so several threads
 may read at once without a shared seek position, and a tensor lands straight in the
 buffer of the returned array (allocated with ``np.empty``): no intermediate bytes object.
 Row reads (``read_rows``) fetch only the rows asked for; the tensor's CRC-32 is checked
@@ -10,6 +19,7 @@ the first row read of a big table reads it all once (from disk or page cache).
 """
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 import zlib
@@ -19,6 +29,9 @@ import numpy as np
 from .format import WEIGHTS_FILE, TensorEntry, WeightsError, WeightsIndex, decode_tensor
 
 CHUNK_BYTES = 1 << 20
+# Tensors at least this big are memory-mapped (below it a mapping costs more than a copy).
+MMAP_MIN_BYTES = 1 << 16
+PAGE = mmap.PAGESIZE
 
 
 def weights_path(path) -> str:
@@ -52,8 +65,9 @@ class TensorFile:
     here, several on a Raspberry Pi); "never" skips checks.
     """
 
-    def __init__(self, path, verify="always"):
+    def __init__(self, path, verify="always", use_mmap: bool = True):
         self.path = weights_path(path)
+        self.use_mmap = use_mmap
         self.verify_mode = verify_mode(verify)
         self.verify = self.verify_mode != "never"
         self.index = WeightsIndex.read(self.path)
@@ -81,11 +95,21 @@ class TensorFile:
 
     # --- whole tensors -------------------------------------------------------------------
 
-    def read(self, entry: TensorEntry) -> np.ndarray:
-        """The whole tensor, read into a fresh buffer and checked against its CRC-32."""
+    def read(self, entry: TensorEntry, touch: bool = False) -> np.ndarray:
+        """The whole tensor, checked against its CRC-32: a read-only view of the mapped file
+        (``touch``: fault every page in now) or, for small tensors, a fresh buffer."""
+        check = self.verify and not (self.verify_mode == "first" and entry.name in self._verified)
+        if self.use_mmap and entry.nbytes >= MMAP_MIN_BYTES:
+            buf = self._map(entry)
+            if buf is not None:
+                arr = decode_tensor(entry, buf, self.path, check)
+                if check:
+                    self._verified.add(entry.name)
+                elif touch:
+                    _touch_pages(buf)
+                return arr
         raw = np.empty(entry.nbytes, dtype=np.uint8)
         got = self._pread(entry, raw, entry.offset)
-        check = self.verify and not (self.verify_mode == "first" and entry.name in self._verified)
         arr = decode_tensor(entry, raw if got == entry.nbytes else raw[:got], self.path, check)
         if check:
             self._verified.add(entry.name)
@@ -144,7 +168,30 @@ class TensorFile:
                                f"(crc32 {crc:08x}, index says {entry.crc32:08x}): the file is corrupted")
         self._verified.add(entry.name)
 
-    # --- the one place that touches the file descriptor ----------------------------------
+    # --- the places that touch the file descriptor ---------------------------------------
+
+    def _map(self, entry: TensorEntry):
+        """A read-only memoryview of the tensor's bytes in a fresh mapping, or None when the
+        file cannot be mapped (then the caller reads it)."""
+        fd = self._fd
+        if fd is None:
+            raise WeightsError(f"tensor {entry.name!r}: weights file {self.path} is closed")
+        try:
+            size = os.fstat(fd).st_size
+        except OSError as e:
+            raise WeightsError(f"tensor {entry.name!r} in {self.path}: cannot stat the file: {e}") from e
+        if entry.offset + entry.nbytes > size:
+            raise WeightsError(f"tensor {entry.name!r} in {self.path}: needs bytes {entry.offset}.."
+                               f"{entry.offset + entry.nbytes}, the file now has {size} (truncated?)")
+        start = entry.offset - entry.offset % mmap.ALLOCATIONGRANULARITY
+        try:
+            mm = mmap.mmap(fd, entry.offset + entry.nbytes - start, offset=start, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            self.use_mmap = False          # e.g. a pipe or a filesystem without mmap
+            return None
+        return memoryview(mm)[entry.offset - start:]
+
+    # --- the one place that reads through the file descriptor -----------------------------
 
     def _pread(self, entry: TensorEntry, dest: np.ndarray, offset: int) -> int:
         """Fill ``dest`` (1-D uint8) from ``offset``; return the bytes read (less only at EOF)."""
@@ -169,3 +216,20 @@ class TensorFile:
             raise WeightsError(f"tensor {entry.name!r} in {self.path}: read failed at offset "
                                f"{offset + got}: {e}") from e
         return got
+
+
+def _touch_pages(buf) -> None:
+    """Fault every page of a mapped buffer in (one byte read per page)."""
+    a = np.frombuffer(buf, dtype=np.uint8)
+    if a.size:
+        int(a[::PAGE].sum())
+
+
+def is_mapped(a: np.ndarray) -> bool:
+    """Whether ``a``'s memory is a file mapping (so it must not outlive the file's contents)."""
+    base = a
+    while base is not None:
+        if isinstance(base, mmap.mmap) or (isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)):
+            return True
+        base = getattr(base, "base", None) if not isinstance(base, memoryview) else base.obj
+    return False
