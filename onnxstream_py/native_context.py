@@ -7,11 +7,14 @@ import platform
 from .op_cache import OperatorCache
 from .options import RunOptions
 
-# Without a measurement: XNNPACK's NEON kernels on ARM; on x86, numpy's OpenBLAS, which
-# measured faster than Debian's XNNPACK for most SD shapes once packing and the NCHW<->NHWC
-# transposes are counted (scripts/bench_native.py). `onnxstream tune` replaces the rule by
-# measurements.
-DEFAULT_KERNEL = "xnnpack" if platform.machine().lower() in ("aarch64", "arm64", "armv7l", "armv8l") else "blas"
+# Without a measurement: XNNPACK's NEON kernels on ARM; on x86, numpy's OpenBLAS, except for
+# convolutions with at least CONV_XNNPACK_MIN_PIXELS output pixels, where Debian's XNNPACK won
+# (`onnxstream tune` on the SD 1.5 UNet, 2 cores AVX-512: it ran the 64x64 and 32x32 convolutions
+# at 180-230 GFLOP/s against BLAS's 130-180, packing included; BLAS kept most 16x16 and 8x8
+# ones and nearly every MatMul). `onnxstream tune` replaces the rule by measurements.
+ON_ARM = platform.machine().lower() in ("aarch64", "arm64", "armv7l", "armv8l")
+DEFAULT_KERNEL = "xnnpack" if ON_ARM else "blas"
+CONV_XNNPACK_MIN_PIXELS = 32 * 32
 
 
 class NativeContext:
@@ -22,6 +25,12 @@ class NativeContext:
         self.op_cache = OperatorCache(operator_cache_bytes)
         self.measure_kernels = options.kernel_choice == "measure"
         self.default_kernel = DEFAULT_KERNEL
+
+    def default_conv_kernel(self, out_pixels: int) -> str:
+        """The rule for a Conv shape without a measurement."""
+        if ON_ARM or out_pixels >= CONV_XNNPACK_MIN_PIXELS:
+            return "xnnpack"
+        return "blas"
 
     def widen(self, a):
         """float16 weight -> float32 on the pool (numpy's astype is ~5x slower)."""

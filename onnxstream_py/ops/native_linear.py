@@ -180,14 +180,16 @@ def Conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
            tuple(onnx_pads), tuple(dilations), b is not None, pool.threads,
            "nhwc" if is_nhwc(x) else "nchw", "cached" if cacheable else "streamed")
     choice = kernel_choice.lookup(key)
-    might_use_xnn = choice == "xnnpack" or (choice is None and (_ctx.measure_kernels or _ctx.default_kernel == "xnnpack"))
+    out_pixels = x.shape[0] * ((spans[0] // strides[0]) + 1) * ((spans[1] // strides[1]) + 1)
+    default = _ctx.default_conv_kernel(out_pixels)
+    might_use_xnn = choice == "xnnpack" or (choice is None and (_ctx.measure_kernels or default == "xnnpack"))
     if cacheable and might_use_xnn:
         prepared = PreparedConv(w, b, strides, xpads, dilations, group)   # packing not timed: paid once
     try:
         y = kernel_choice.run_chosen(key, {
             "xnnpack": lambda: conv2d_xnnpack(x, w, b, strides, xpads, dilations, group, pool, prepared),
             "blas": lambda: conv2d_blas(x, w, b, strides, onnx_pads, dilations, group, pool),
-        }, measure=_ctx.measure_kernels, default=_ctx.default_kernel)
+        }, measure=_ctx.measure_kernels, default=default)
     except BaseException:
         if prepared is not None:
             prepared.close()
