@@ -718,3 +718,98 @@ def xnn_resize_bilinear2d(x: np.ndarray, out_hw, mode: str = "half_pixel", *, nc
         _check(lib.osn_xnn_resize_bilinear2d(_pool_ptr(pool), _LINEAR_DTYPES[x.dtype], int(nchw),
                                              _RESIZE_MODES[mode], out_ptr(out), ptr(x), n, c, h, w, oh, ow), what)
     return out
+
+
+# ---- Winograd 3x3 convolution transforms ----
+# Wrappers of native/osn_k_winograd.h (used by ops/winograd.py). Activations are float32
+# [N, C, H, W]-shaped arrays, either C-contiguous or channels-last (the NCHW view of a
+# C-contiguous NHWC buffer); the kernels address them by strides, so neither layout is copied.
+
+def _winograd_tensor(what: str, name: str, a, writeable: bool):
+    """(C pointer to element (0,0,0,0), element strides (n, c, h, w)) of an NCHW-shaped float32
+    array that is C-contiguous or channels-last."""
+    if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim != 4:
+        raise ValueError(f"{what}: {name} must be a 4-D float32 array, got "
+                         f"{getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}")
+    if a.flags.c_contiguous:
+        buf = a
+    elif a.transpose(0, 2, 3, 1).flags.c_contiguous:
+        buf = a.transpose(0, 2, 3, 1)
+    else:
+        raise ValueError(f"{what}: {name} {a.shape} with strides {a.strides} is neither NCHW nor channels-last")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"{what}: {name} is not writeable")
+    p = out_ptr(buf, "float *") if writeable else ptr(buf, "float *")
+    return p, [s // 4 for s in a.strides]
+
+
+def winograd_weight_f32(w: np.ndarray, m: int, co_begin: int = 0, co_end: int | None = None,
+                        out: np.ndarray | None = None, *, pool: ThreadPool | None = None) -> np.ndarray:
+    """U [alpha^2, co_end - co_begin, Cin] = G w[co] G^T for a float32 ONNX Conv weight
+    [Cout, Cin, 3, 3] (alpha = m + 2; m = 4: F(4x4,3x3), m = 2: F(2x2,3x3))."""
+    what = f"Winograd weight transform F({m}x{m},3x3) {getattr(w, 'shape', '?')}"
+    _need(what, w, "W", (np.float32,))
+    if m not in (2, 4) or w.ndim != 4 or w.shape[2:] != (3, 3) or 0 in w.shape:
+        raise ValueError(f"{what}: expected m in (2, 4) and a non-empty [Cout, Cin, 3, 3] weight")
+    cout, cin = w.shape[:2]
+    co_end = cout if co_end is None else int(co_end)
+    if not 0 <= co_begin < co_end <= cout:
+        raise ValueError(f"{what}: output channels [{co_begin}, {co_end}) outside [0, {cout})")
+    shape = ((m + 2) ** 2, co_end - co_begin, cin)
+    out = _out_like(what, out, shape, np.float32, w, may_alias=False)
+    _check(lib.osn_winograd_weight_f32(_pool_ptr(pool), out_ptr(out, "float *"), ptr(w, "float *"), cout, cin,
+                                       co_begin, co_end, m), what)
+    return out
+
+
+def _winograd_tiles(what, m, tiles_hw, tile_begin, tile_count, n):
+    th, tw = (int(t) for t in tiles_hw)
+    if m not in (2, 4) or th < 1 or tw < 1 or tile_begin < 0 or tile_count < 1 or tile_begin + tile_count > n * th * tw:
+        raise ValueError(f"{what}: bad tiling m={m} tiles {th}x{tw} chunk [{tile_begin}, +{tile_count}) of "
+                         f"{n * th * tw}")
+    return th, tw
+
+
+def winograd_input_f32(x: np.ndarray, pads_tl, tiles_hw, tile_begin: int, tile_count: int, m: int,
+                       out: np.ndarray | None = None, *, pool: ThreadPool | None = None) -> np.ndarray:
+    """V [alpha^2, tile_count, C] = B^T d B of the input tiles tile_begin .. +tile_count of x
+    (NCHW-shaped float32, C-contiguous or channels-last); pads_tl = (top, left) zero padding;
+    tiles_hw = tiles per image (ceil(OH / m), ceil(OW / m))."""
+    what = f"Winograd input transform F({m}x{m},3x3) X {getattr(x, 'shape', '?')}"
+    xp, (sn, sc, sh, sw) = _winograd_tensor(what, "X", x, writeable=False)
+    n, c, h, wd = x.shape
+    th, tw = _winograd_tiles(what, m, tiles_hw, tile_begin, tile_count, n)
+    pt, pl = (int(p) for p in pads_tl)
+    if c < 1 or pt < 0 or pl < 0:
+        raise ValueError(f"{what}: need C >= 1 and non-negative pads, got pads {pads_tl}")
+    out = _out_like(what, out, ((m + 2) ** 2, tile_count, c), np.float32, x, may_alias=False)
+    _check(lib.osn_winograd_input_f32(_pool_ptr(pool), out_ptr(out, "float *"), xp, n, c, h, wd, sn, sc, sh, sw,
+                                      pt, pl, th, tw, tile_begin, tile_count, m), what)
+    return out
+
+
+def winograd_output_f32(y: np.ndarray, mm: np.ndarray, bias: np.ndarray | None, co_offset: int, tiles_hw,
+                        tile_begin: int, tile_count: int, m: int, *, pool: ThreadPool | None = None) -> np.ndarray:
+    """Writes A^T mm A (+ bias) of the chunk's tiles into channels co_offset .. +cols of y
+    (NCHW-shaped float32, C-contiguous or channels-last); mm [alpha^2, tile_count, cols]."""
+    what = f"Winograd output transform F({m}x{m},3x3) Y {getattr(y, 'shape', '?')}"
+    yp, (sn, sc, sh, sw) = _winograd_tensor(what, "Y", y, writeable=True)
+    n, cout, oh, ow = y.shape
+    th, tw = _winograd_tiles(what, m, tiles_hw, tile_begin, tile_count, n)
+    _need(what, mm, "M", (np.float32,))
+    if mm.ndim != 3 or mm.shape[:2] != ((m + 2) ** 2, tile_count) or mm.shape[2] < 1:
+        raise ValueError(f"{what}: M must be [{(m + 2) ** 2}, {tile_count}, cols], got {mm.shape}")
+    cols = mm.shape[2]
+    if not 0 <= co_offset <= cout - cols or th * m < oh or tw * m < ow:
+        raise ValueError(f"{what}: channels [{co_offset}, +{cols}) or tiles {th}x{tw} do not fit Y")
+    if bias is not None:
+        _need(what, bias, "bias", (np.float32,))
+        if bias.shape != (cols,):
+            raise ValueError(f"{what}: bias must have shape ({cols},), got {bias.shape}")
+    if np.may_share_memory(y, mm):
+        raise ValueError(f"{what}: Y overlaps M")
+    _check(lib.osn_winograd_output_f32(_pool_ptr(pool), yp, sn, sc, sh, sw, ptr(mm, "float *"),
+                                       ffi.NULL if bias is None else ptr(bias, "float *"), cols, co_offset, oh, ow,
+                                       th, tw, tile_begin, tile_count, m), what)
+    return y
+

@@ -1,0 +1,235 @@
+/* Winograd F(4x4,3x3) / F(2x2,3x3) transforms (see osn_k_winograd.h). */
+#include <stdint.h>
+#include <string.h>
+
+#include "osn_k_winograd.h"
+#include "osn_internal.h"
+
+/* As in osn_k_norm.c: AVX-512 and AVX2 clones of the channel loops on x86-64 (baseline SSE2). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define OSN_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define OSN_SIMD_CLONES
+#endif
+
+#define CB 64        /* channels transformed together: a tile's alpha^2 x CB floats stay in L1 */
+#define MAX_ALPHA 6
+
+/* Lavin & Gray's matrices. B^T is alpha x alpha, G alpha x 3, A^T m x alpha; rows are padded to
+ * MAX_ALPHA. F(4,3) uses interpolation points 0, +-1, +-2 (and infinity). */
+static const float BT6[6][6] = {
+    {4, 0, -5, 0, 1, 0},
+    {0, -4, -4, 1, 1, 0},
+    {0, 4, -4, -1, 1, 0},
+    {0, -2, -1, 2, 1, 0},
+    {0, 2, -1, -2, 1, 0},
+    {0, 4, 0, -5, 0, 1},
+};
+static const double G6[6][3] = {
+    {1.0 / 4, 0, 0},
+    {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+    {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+    {1.0 / 24, 1.0 / 12, 1.0 / 6},
+    {1.0 / 24, -1.0 / 12, 1.0 / 6},
+    {0, 0, 1},
+};
+static const float AT6[4][6] = {
+    {1, 1, 1, 1, 1, 0},
+    {0, 1, -1, 2, -2, 0},
+    {0, 1, 1, 4, 4, 0},
+    {0, 1, -1, 8, -8, 1},
+};
+static const float BT4[4][6] = {
+    {1, 0, -1, 0},
+    {0, 1, 1, 0},
+    {0, -1, 1, 0},
+    {0, 1, 0, -1},
+};
+static const double G4[4][3] = {
+    {1, 0, 0},
+    {0.5, 0.5, 0.5},
+    {0.5, -0.5, 0.5},
+    {0, 0, 1},
+};
+static const float AT4[2][6] = {
+    {1, 1, 1, 0},
+    {0, 1, -1, -1},
+};
+
+/* ---- weight transform ---- */
+
+struct weight_ctx {
+    float* u;
+    const float* w;
+    size_t cin, co_begin, cols;
+    int alpha;
+    const double (*g)[3];
+};
+
+static void weight_task(void* arg, size_t k) {   /* k: output channel co_begin + k */
+    const struct weight_ctx* c = arg;
+    const int alpha = c->alpha;
+    const size_t plane = c->cols * c->cin;   /* stride of one (i, j) position in u */
+    for (size_t ci = 0; ci < c->cin; ci++) {
+        const float* g = c->w + ((c->co_begin + k) * c->cin + ci) * 9;
+        double t[MAX_ALPHA][3];   /* G g */
+        for (int i = 0; i < alpha; i++)
+            for (int b = 0; b < 3; b++)
+                t[i][b] = c->g[i][0] * g[b] + c->g[i][1] * g[3 + b] + c->g[i][2] * g[6 + b];
+        for (int i = 0; i < alpha; i++)
+            for (int j = 0; j < alpha; j++)
+                c->u[(size_t)(i * alpha + j) * plane + k * c->cin + ci] =
+                    (float)(t[i][0] * c->g[j][0] + t[i][1] * c->g[j][1] + t[i][2] * c->g[j][2]);
+    }
+}
+
+int osn_winograd_weight_f32(osn_pool* pool, float* u, const float* w, size_t cout, size_t cin, size_t co_begin,
+                            size_t co_end, int m) {
+    if ((m != 4 && m != 2) || !u || !w || co_begin >= co_end || co_end > cout || cin == 0)
+        return OSN_E_INVALID_ARGUMENT;
+    struct weight_ctx c = {u, w, cin, co_begin, co_end - co_begin, m + 2, m == 4 ? G6 : G4};
+    pthreadpool_parallelize_1d(osn_pool_handle(pool), weight_task, &c, c.cols, OSN_PARALLEL_FLAGS);
+    return 0;
+}
+
+/* ---- shared: dst[r][k] (r < rows, k < cb) = sum_a coef[r][a] * src[a * src_step + r_off][k] ----
+ * One 1-D transform along the rows or the columns of a tile of CB-wide channel vectors; zero
+ * coefficients (most of B^T and A^T) are skipped. */
+static inline void combine(float (*dst)[CB], const float (*src)[CB], const float (*coef)[6], int rows, int terms,
+                           int dst_step, int src_step, int off, int cb) {
+    for (int r = 0; r < rows; r++) {
+        float* o = dst[r * dst_step + off];
+        for (int k = 0; k < cb; k++) o[k] = 0.0f;
+        for (int a = 0; a < terms; a++) {
+            const float f = coef[r][a];
+            if (f == 0.0f) continue;
+            const float* s = src[a * src_step + off];
+            for (int k = 0; k < cb; k++) o[k] += f * s[k];
+        }
+    }
+}
+
+/* ---- input transform ---- */
+
+struct input_ctx {
+    float* v;
+    const float* x;
+    size_t c, h, w;
+    int64_t sn, sc, sh, sw;
+    int64_t pad_top, pad_left;
+    size_t tiles_h, tiles_w, tile_begin, tile_count;
+    int m, alpha;
+    const float (*bt)[6];
+};
+
+OSN_SIMD_CLONES static void input_task(void* arg, size_t t) {
+    const struct input_ctx* c = arg;
+    const int alpha = c->alpha;
+    const size_t g = c->tile_begin + t;
+    const size_t per_image = c->tiles_h * c->tiles_w;
+    const size_t n = g / per_image, ty = g % per_image / c->tiles_w, tx = g % c->tiles_w;
+    const int64_t iy0 = (int64_t)ty * c->m - c->pad_top, ix0 = (int64_t)tx * c->m - c->pad_left;
+    const size_t plane = c->tile_count * c->c;   /* stride of one (i, j) position in v */
+    float d[MAX_ALPHA * MAX_ALPHA][CB], tmp[MAX_ALPHA * MAX_ALPHA][CB];
+    for (size_t c0 = 0; c0 < c->c; c0 += CB) {
+        const int cb = (int)(c->c - c0 < CB ? c->c - c0 : CB);
+        for (int i = 0; i < alpha; i++) {
+            const int64_t iy = iy0 + i;
+            for (int j = 0; j < alpha; j++) {
+                const int64_t ix = ix0 + j;
+                float* o = d[i * alpha + j];
+                if (iy < 0 || iy >= (int64_t)c->h || ix < 0 || ix >= (int64_t)c->w) {
+                    for (int k = 0; k < cb; k++) o[k] = 0.0f;
+                    continue;
+                }
+                const float* p = c->x + (int64_t)n * c->sn + iy * c->sh + ix * c->sw + (int64_t)c0 * c->sc;
+                if (c->sc == 1) {
+                    memcpy(o, p, (size_t)cb * sizeof(float));
+                } else {
+                    for (int k = 0; k < cb; k++) o[k] = p[k * c->sc];
+                }
+            }
+        }
+        /* tmp = B^T d (over rows), then d = tmp B (over columns) */
+        for (int j = 0; j < alpha; j++)
+            combine(tmp, (const float (*)[CB])d, c->bt, alpha, alpha, alpha, alpha, j, cb);
+        for (int i = 0; i < alpha; i++)
+            combine(d + i * alpha, (const float (*)[CB])(tmp + i * alpha), c->bt, alpha, alpha, 1, 1, 0, cb);
+        for (int e = 0; e < alpha * alpha; e++)
+            memcpy(c->v + e * plane + t * c->c + c0, d[e], (size_t)cb * sizeof(float));
+    }
+}
+
+int osn_winograd_input_f32(osn_pool* pool, float* v, const float* x, size_t n, size_t c, size_t h, size_t w,
+                           int64_t sn, int64_t sc, int64_t sh, int64_t sw, size_t pad_top, size_t pad_left,
+                           size_t tiles_h, size_t tiles_w, size_t tile_begin, size_t tile_count, int m) {
+    if ((m != 4 && m != 2) || !v || !x || c == 0 || tiles_h == 0 || tiles_w == 0
+        || tile_begin + tile_count > n * tiles_h * tiles_w)
+        return OSN_E_INVALID_ARGUMENT;
+    struct input_ctx ctx = {v, x, c, h, w, sn, sc, sh, sw, (int64_t)pad_top, (int64_t)pad_left,
+                            tiles_h, tiles_w, tile_begin, tile_count, m, m + 2, m == 4 ? BT6 : BT4};
+    pthreadpool_parallelize_1d(osn_pool_handle(pool), input_task, &ctx, tile_count, OSN_PARALLEL_FLAGS);
+    return 0;
+}
+
+/* ---- output transform ---- */
+
+struct output_ctx {
+    float* y;
+    int64_t sn, sc, sh, sw;
+    const float* mm;
+    const float* bias;
+    size_t cols, co_offset, out_h, out_w, tiles_h, tiles_w, tile_begin, tile_count;
+    int m, alpha;
+    const float (*at)[6];
+};
+
+OSN_SIMD_CLONES static void output_task(void* arg, size_t t) {
+    const struct output_ctx* c = arg;
+    const int alpha = c->alpha, m = c->m;
+    const size_t g = c->tile_begin + t;
+    const size_t per_image = c->tiles_h * c->tiles_w;
+    const size_t n = g / per_image, ty = g % per_image / c->tiles_w, tx = g % c->tiles_w;
+    const size_t oy0 = ty * m, ox0 = tx * m;
+    const size_t plane = c->tile_count * c->cols;
+    float s[MAX_ALPHA * MAX_ALPHA][CB], tmp[MAX_ALPHA * MAX_ALPHA][CB], r[MAX_ALPHA * MAX_ALPHA][CB];
+    for (size_t c0 = 0; c0 < c->cols; c0 += CB) {
+        const int cb = (int)(c->cols - c0 < CB ? c->cols - c0 : CB);
+        for (int e = 0; e < alpha * alpha; e++)
+            memcpy(s[e], c->mm + e * plane + t * c->cols + c0, (size_t)cb * sizeof(float));
+        /* tmp[i][b] = sum_a A^T[i][a] s[a][b] (m x alpha), r[i][j] = sum_b tmp[i][b] A^T[j][b] (m x m) */
+        for (int b = 0; b < alpha; b++)
+            combine(tmp, (const float (*)[CB])s, c->at, m, alpha, alpha, alpha, b, cb);
+        for (int i = 0; i < m; i++)
+            combine(r + i * m, (const float (*)[CB])(tmp + i * alpha), c->at, m, alpha, 1, 1, 0, cb);
+        for (int i = 0; i < m; i++) {
+            if (oy0 + i >= c->out_h) break;
+            for (int j = 0; j < m; j++) {
+                if (ox0 + j >= c->out_w) break;
+                float* o = r[i * m + j];
+                if (c->bias)
+                    for (int k = 0; k < cb; k++) o[k] += c->bias[c0 + k];
+                float* p = c->y + (int64_t)n * c->sn + (int64_t)(oy0 + i) * c->sh + (int64_t)(ox0 + j) * c->sw
+                         + (int64_t)(c->co_offset + c0) * c->sc;
+                if (c->sc == 1) {
+                    memcpy(p, o, (size_t)cb * sizeof(float));
+                } else {
+                    for (int k = 0; k < cb; k++) p[k * c->sc] = o[k];
+                }
+            }
+        }
+    }
+}
+
+int osn_winograd_output_f32(osn_pool* pool, float* y, int64_t sn, int64_t sc, int64_t sh, int64_t sw,
+                            const float* mm, const float* bias, size_t cols, size_t co_offset, size_t out_h,
+                            size_t out_w, size_t tiles_h, size_t tiles_w, size_t tile_begin, size_t tile_count,
+                            int m) {
+    if ((m != 4 && m != 2) || !y || !mm || cols == 0 || tiles_h * m < out_h || tiles_w * m < out_w
+        || tiles_h == 0 || tiles_w == 0)
+        return OSN_E_INVALID_ARGUMENT;
+    struct output_ctx ctx = {y, sn, sc, sh, sw, mm, bias, cols, co_offset, out_h, out_w, tiles_h, tiles_w,
+                             tile_begin, tile_count, m, m + 2, m == 4 ? AT6 : AT4};
+    pthreadpool_parallelize_1d(osn_pool_handle(pool), output_task, &ctx, tile_count, OSN_PARALLEL_FLAGS);
+    return 0;
+}

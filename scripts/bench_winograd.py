@@ -1,0 +1,118 @@
+"""Winograd 3x3 convolution vs the other Conv kernels on the SD VAE decoder's and UNet's shapes.
+
+    python scripts/bench_winograd.py [--threads 2] [--repeats 3] [--only vae|unet] [--no-ort]
+
+Per shape (3x3, stride 1, pad 1, batch 1, float32), back-to-back in one process, best of
+``--repeats``: Winograd F(4x4) and F(2x2) (prepared: the weight transform excluded, as the
+operator cache keeps it; "f4 streamed" includes it, in WEIGHT_BLOCK_BYTES blocks), XNNPACK's
+convolution (native.XnnConv2d on NHWC, packing excluded), BLAS im2col (ops/conv.py conv_nd,
+NCHW) and onnxruntime's Conv (a single-node model, intra-op threads = --threads). Prints ms and
+effective GFLOP/s = direct-convolution FLOPs (2 * N * OH * OW * Cout * Cin * 9) / time, and
+the Winograd outputs' error against XNNPACK's (max abs / max |ref|).
+"""
+import onnxstream_py  # noqa: F401  first, so OpenBLAS's spin timeout applies (see its __init__)
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from onnxstream_py import native
+from onnxstream_py.layout import as_nhwc
+from onnxstream_py.ops.conv import conv_nd
+from onnxstream_py.ops.winograd import PreparedWinograd, conv2d_winograd
+
+# (label, Cin, Cout, H = W)
+VAE = [("vae 512@64", 512, 512, 64), ("vae 512@128", 512, 512, 128), ("vae 512->256@256", 512, 256, 256),
+       ("vae 256@256", 256, 256, 256), ("vae 128@512", 128, 128, 512)]
+UNET = [("unet 320@64", 320, 320, 64), ("unet 640@32", 640, 640, 32), ("unet 1280@16", 1280, 1280, 16)]
+PADS = [1, 1, 1, 1]
+
+
+def best_ms(f, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
+def ort_conv(x, w, b, threads):
+    """An onnxruntime session running one Conv node (None when onnxruntime is missing)."""
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        return None
+    n, cin, h, wd = x.shape
+    cout = w.shape[0]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[3, 3], pads=PADS)], "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, cout, h, wd])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return lambda: sess.run(None, {"x": x})[0]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", choices=("vae", "unet"))
+    ap.add_argument("--no-ort", action="store_true")
+    ap.add_argument("--no-blas", action="store_true", help="skip the (slow) BLAS im2col path")
+    args = ap.parse_args()
+    shapes = {"vae": VAE, "unet": UNET, None: VAE + UNET}[args.only]
+    pool = native.ThreadPool(args.threads)
+    rng = np.random.default_rng(0)
+    names = ["f4", "f2", "f4 streamed", "xnnpack", "blas", "ort"]
+    print(f"{'shape':18s} " + " ".join(f"{k:>16s}" for k in names) + "   err f4 / f2   (ms | GFLOP/s, "
+          f"{args.threads} threads)")
+    for label, cin, cout, hw in shapes:
+        x = rng.standard_normal((1, cin, hw, hw), dtype=np.float32)
+        w = (rng.standard_normal((cout, cin, 3, 3), dtype=np.float32) / np.sqrt(9 * cin)).astype(np.float32)
+        b = rng.standard_normal(cout, dtype=np.float32) * 0.1
+        x_nhwc = as_nhwc(x)
+        x_cl = x_nhwc.transpose(0, 3, 1, 2)
+        flops = 2.0 * hw * hw * cout * cin * 9
+        prep = {v: PreparedWinograd(w, b, v, pool) for v in ("f4", "f2")}
+        xnn = native.XnnConv2d(w, b, pads=PADS)
+        y_x = native.xnn_empty((1, hw, hw, cout), np.float32)
+        runs = {
+            "f4": lambda: conv2d_winograd(x_cl, None, None, PADS, pool, prepared=prep["f4"]),
+            "f2": lambda: conv2d_winograd(x_cl, None, None, PADS, pool, prepared=prep["f2"]),
+            "f4 streamed": lambda: conv2d_winograd(x_cl, w, b, PADS, pool, "f4"),
+            "xnnpack": lambda: xnn.run(native.xnn_readable(x_nhwc), y_x, 0, pool),
+            "blas": None if args.no_blas else lambda: conv_nd(x, w, b, None, PADS),
+            "ort": None if args.no_ort else ort_conv(x, w, b, args.threads),
+        }
+        cells = []
+        for k in names:
+            if runs[k] is None:
+                cells.append(f"{'-':>16s}")
+                continue
+            runs[k]()   # warm-up (first-touch of scratch, OpenBLAS threads)
+            ms = best_ms(runs[k], args.repeats)
+            cells.append(f"{ms:8.1f}|{flops / ms / 1e6:6.1f}")
+        ref = runs["xnnpack"]().transpose(0, 3, 1, 2)
+        s = float(np.abs(ref).max())
+        errs = [float(np.abs(runs[v]() - ref).max()) / s for v in ("f4", "f2")]
+        print(f"{label:18s} " + " ".join(cells) + f"   {errs[0]:.1e} / {errs[1]:.1e}", flush=True)
+        runs.clear()   # frees the onnxruntime session: its spinning threads would slow the next shape
+        xnn.close()
+        for p in prep.values():
+            p.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
