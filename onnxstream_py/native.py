@@ -720,6 +720,70 @@ def xnn_resize_bilinear2d(x: np.ndarray, out_hw, mode: str = "half_pixel", *, nc
     return out
 
 
+# ---- fused activations: SiLU / QuickGELU, GEGLU ----
+# Wrappers of native/osn_k_act.h. Inputs are float32 arrays viewable as [rows, cols] matrices
+# with contiguous rows spaced evenly (a C-contiguous array, or a column slice of one such as
+# the halves of the UNet's GEGLU projection); outputs are C-contiguous of the input's shape.
+
+def row_matrix(what: str, name: str, a) -> tuple[np.ndarray, int, int, int]:
+    """(span, rows, cols, row_stride): ``a`` as a [rows, cols] matrix whose rows are
+    ``row_stride`` floats apart, and ``span`` the contiguous 1-d view of the memory from its
+    first to its last element (what C receives). Raises for any other float32 layout."""
+    if not isinstance(a, np.ndarray) or a.dtype != _F32 or a.ndim < 1 or a.size == 0:
+        desc = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+        raise ValueError(f"{what}: {name} must be a non-empty float32 array, got {desc}")
+    cols = a.shape[-1]
+    rows = a.size // cols
+    try:
+        v = np.reshape(a, (rows, cols), copy=False)
+    except ValueError:
+        v = None
+    item = a.itemsize
+    if v is not None:
+        col_ok = cols == 1 or v.strides[1] == item
+        rs = cols if rows == 1 else v.strides[0] // item
+        if col_ok and (rows == 1 or (v.strides[0] % item == 0 and rs >= cols)):
+            span = np.lib.stride_tricks.as_strided(v, shape=((rows - 1) * rs + cols,), strides=(item,))
+            return span, rows, cols, rs
+    raise ValueError(f"{what}: {name} {a.shape} strides {a.strides} is not a matrix of evenly spaced "
+                     f"contiguous rows")
+
+
+def silu_f32(x: np.ndarray, alpha: float = 1.0, out: np.ndarray | None = None, *,
+             pool: ThreadPool | None = None) -> np.ndarray:
+    """out = x * sigmoid(alpha * x) for float32 x (C-contiguous or evenly row-strided; see
+    row_matrix); out is C-contiguous of x's shape and may be x itself when x is contiguous."""
+    what = f"Silu {getattr(x, 'shape', '?')} alpha={alpha}"
+    span, rows, cols, rs = row_matrix(what, "X", x)
+    out = _out_like(what, out, x.shape, np.float32, x, may_alias=x.flags.c_contiguous)
+    _check(lib.osn_silu_f32(_pool_ptr(pool), out_ptr(out, "float *"), ptr(span, "float *"), rows, cols, rs,
+                            float(alpha)), what)
+    return out
+
+
+def gelu_mul_f32(x: np.ndarray, m: np.ndarray, approximate: bool = False, out: np.ndarray | None = None, *,
+                 pool: ThreadPool | None = None) -> np.ndarray:
+    """out = m * Gelu(x) (erf form, or tanh form when ``approximate``) for float32 x and m of one
+    shape (each C-contiguous or evenly row-strided); out is C-contiguous and may be a contiguous
+    x or m itself."""
+    what = f"GeluMul X {getattr(x, 'shape', '?')} M {getattr(m, 'shape', '?')}"
+    xs, rows, cols, xrs = row_matrix(what, "X", x)
+    ms, _, _, mrs = row_matrix(what, "M", m)
+    if m.shape != x.shape:
+        raise ValueError(f"{what}: X and M must have the same shape")
+    if out is not None and out.__array_interface__["data"][0] == m.__array_interface__["data"][0]:
+        out = _out_like(what, out, x.shape, np.float32, m, may_alias=m.flags.c_contiguous)
+        if np.may_share_memory(out, x):
+            raise ValueError(f"{what}: out overlaps X")
+    else:
+        out = _out_like(what, out, x.shape, np.float32, x, may_alias=x.flags.c_contiguous)
+        if np.may_share_memory(out, m):
+            raise ValueError(f"{what}: out overlaps M")
+    _check(lib.osn_gelu_mul_f32(_pool_ptr(pool), out_ptr(out, "float *"), ptr(xs, "float *"), ptr(ms, "float *"),
+                                rows, cols, xrs, mrs, 1 if approximate else 0), what)
+    return out
+
+
 # ---- Winograd 3x3 convolution transforms ----
 # Wrappers of native/osn_k_winograd.h (used by ops/winograd.py). Activations are float32
 # [N, C, H, W]-shaped arrays, either C-contiguous or channels-last (the NCHW view of a

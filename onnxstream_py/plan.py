@@ -249,10 +249,332 @@ def fuse_group_norm(graph: Graph, nodes: list[Node]) -> tuple[list[Node], int]:
     return new_nodes, len(replace)
 
 
+class _ChainIndex:
+    """Who produces and who reads each value of a node list, for the pattern fusions below
+    (fuse_layer_norm, fuse_gelu, fuse_silu): a chain may only swallow values that are private
+    to it (read once, by the chain, and not graph outputs) and constants it knows the value of."""
+
+    def __init__(self, graph: Graph, nodes: list[Node]):
+        self.graph, self.nodes = graph, nodes
+        self.producer = {o: i for i, n in enumerate(nodes) for o in n.outputs if o}
+        self.counts = _consumer_counts(nodes)
+        self.outputs = {v.name for v in graph.outputs}
+        self.consumers: dict[str, list[int]] = {}
+        for i, n in enumerate(nodes):
+            for name in dict.fromkeys(n.inputs):
+                if name:
+                    self.consumers.setdefault(name, []).append(i)
+
+    def private(self, name: str, uses: int = 1) -> bool:
+        return self.counts.get(name, 0) == uses and name not in self.outputs
+
+    def node(self, name: str, *op_types: str) -> int | None:
+        """The standard-domain producer of ``name`` when its type is one of op_types."""
+        i = self.producer.get(name)
+        if i is not None and self.nodes[i].op_type in op_types and self.nodes[i].domain == "":
+            return i
+        return None
+
+    def user(self, name: str, *op_types: str) -> int | None:
+        """The single reader of a private ``name`` when its type is one of op_types."""
+        users = self.consumers.get(name, [])
+        if not self.private(name) or len(users) != 1:
+            return None
+        n = self.nodes[users[0]]
+        return users[0] if n.op_type in op_types and n.domain == "" else None
+
+    def scalar(self, name: str) -> float | None:
+        """The value of a one-element float constant, else None."""
+        v = self.graph.consts.get(name)
+        if v is None or np.size(v) != 1 or np.asarray(v).dtype.kind != "f":
+            return None
+        return float(np.asarray(v).reshape(-1)[0])
+
+    def rank(self, name: str) -> int:
+        return int(np.ndim(self.graph.consts[name])) if name in self.graph.consts else 0
+
+    def other(self, i: int, name: str) -> str | None:
+        """The other operand of a binary node i whose one operand is ``name``."""
+        ins = self.nodes[i].inputs
+        if len(ins) != 2 or name not in ins or ins[0] == ins[1]:
+            return None
+        return ins[1] if ins[0] == name else ins[0]
+
+    def scalar_operand(self, i: int, name: str, value: float, rtol: float = 0.0) -> str | None:
+        """The constant operand of node i (whose other operand is ``name``) when it equals value
+        within rtol; None otherwise."""
+        c = self.other(i, name)
+        v = None if c is None else self.scalar(c)
+        return c if v is not None and abs(v - value) <= rtol * abs(value) else None
+
+
+def _replace_chains(nodes: list[Node], removed: set[int], replace: dict[int, Node]) -> list[Node]:
+    return [replace.get(i, n) for i, n in enumerate(nodes) if i not in removed or i in replace]
+
+
+def _reduce_axes(graph: Graph, node: Node):
+    """(axes tuple | None for all, ok) of a ReduceMean with keepdims=1, axes an attribute or a
+    constant input; ok is False for anything else (noop_with_empty_axes, unknown axes)."""
+    if node.attrs.get("keepdims", 1) != 1 or node.attrs.get("noop_with_empty_axes", 0):
+        return None, False
+    if len(node.inputs) > 1 and node.inputs[1]:
+        if node.inputs[1] not in graph.consts:
+            return None, False
+        axes = np.asarray(graph.consts[node.inputs[1]]).reshape(-1).tolist()
+    else:
+        axes = node.attrs.get("axes")
+    return (tuple(int(a) for a in axes) if axes else None), True
+
+
+def fuse_layer_norm(graph: Graph, nodes: list[Node]) -> tuple[list[Node], int]:
+    """Replace older exporters' LayerNorm by onnxstream:LayerNorm (ops/fused.py):
+
+        mean = ReduceMean(x, axes); d = Sub(x, mean); v = ReduceMean(Pow(d, 2) | Mul(d, d), axes)
+        y = Div(d, Sqrt(Add(v, eps))) [-> Mul(gamma)] [-> Add(beta)]
+
+    Both ReduceMeans keep dims and share axes; eps and the exponent are constants (2 exactly);
+    gamma/beta are weights or constants; every intermediate is private to the chain. Whether
+    the axes are x's trailing dims and gamma/beta per column is known only at run time: the
+    op checks and otherwise runs the chain.
+    """
+    ix = _ChainIndex(graph, nodes)
+    removed: set[int] = set()
+    replace: dict[int, Node] = {}
+    for si, sq in enumerate(nodes):
+        if sq.op_type != "Sqrt" or sq.domain != "" or len(sq.inputs) != 1:
+            continue
+        ve = sq.inputs[0]
+        add_i = ix.node(ve, "Add")
+        if add_i is None or not ix.private(ve):
+            continue
+        var = next((n for n in nodes[add_i].inputs if ix.node(n, "ReduceMean") is not None), None)
+        eps_name = None if var is None else ix.other(add_i, var)
+        eps = None if eps_name is None else ix.scalar(eps_name)
+        if eps is None or not ix.private(var):
+            continue
+        rv_i = ix.node(var, "ReduceMean")
+        axes, ok = _reduce_axes(graph, nodes[rv_i])
+        p = nodes[rv_i].inputs[0]
+        p_i = ix.node(p, "Pow", "Mul")
+        if not ok or p_i is None or not ix.private(p):
+            continue
+        pn = nodes[p_i]
+        if pn.op_type == "Pow":
+            d, square = pn.inputs[0], "pow"
+            if len(pn.inputs) != 2 or ix.scalar(pn.inputs[1]) != 2.0:
+                continue
+        else:
+            d, square = pn.inputs[0], "mul"
+            if len(pn.inputs) != 2 or pn.inputs[1] != d:
+                continue
+        sub_i = ix.node(d, "Sub")
+        if sub_i is None or not ix.private(d, 3 if square == "mul" else 2):
+            continue
+        x, mean = nodes[sub_i].inputs
+        rm_i = ix.node(mean, "ReduceMean")
+        if rm_i is None or not ix.private(mean) or nodes[rm_i].inputs[0] != x:
+            continue
+        if _reduce_axes(graph, nodes[rm_i]) != (axes, True):
+            continue
+        div_i = ix.user(sq.outputs[0], "Div")
+        if div_i is None or nodes[div_i].inputs != [d, sq.outputs[0]]:
+            continue
+        if sorted(ix.consumers.get(d, [])) != sorted([p_i, div_i]):
+            continue
+        chain = [rm_i, sub_i, p_i, rv_i, add_i, si, div_i]
+        out = nodes[div_i].outputs[0]
+        params = {"Mul": "", "Add": ""}
+        for op_type in ("Mul", "Add"):
+            i = ix.user(out, op_type)
+            other = None if i is None else ix.other(i, out)
+            if other is None or not (other in graph.consts or other in graph.weights):
+                continue
+            params[op_type] = other
+            chain.append(i)
+            out = nodes[i].outputs[0]
+        if any(i in removed for i in chain):
+            continue
+        last = ix.producer[out]
+        fused = Node("LayerNorm", nodes[last].name + "/layer_norm", [x, params["Mul"], params["Add"]], [out],
+                     {"axes": None if axes is None else list(axes), "epsilon": eps, "square": square},
+                     FUSED_DOMAIN)
+        if fused.attrs["axes"] is None:
+            del fused.attrs["axes"]
+        while fused.inputs and not fused.inputs[-1]:
+            fused.inputs.pop()
+        removed.update(chain)
+        replace[last] = fused
+    return _replace_chains(nodes, removed, replace), len(replace)
+
+
+_SQRT2 = float(np.sqrt(2.0))
+_GELU_RTOL = 1e-6   # float32 spellings of sqrt(2), sqrt(2/pi), 0.044715 are within ~3e-8 relative
+
+
+def _gelu_product(ix: _ChainIndex, a: str, x: str) -> tuple[list[int], str, list[str]] | None:
+    """The tail of a Gelu chain from a = 1 + erf(..) (or 1 + tanh(..)): the product x * a * 0.5
+    in any of the orders exporters write it: ((x a) 0.5), ((a 0.5) x), ((0.5 x) a).
+    Returns (nodes, output, constants) or None."""
+    nodes = ix.nodes
+    m1 = ix.user(a, "Mul")
+    f1 = None if m1 is None else ix.other(m1, a)
+    if f1 is None:
+        return None
+    out1 = nodes[m1].outputs[0]
+    if f1 == x:                                   # (x a) 0.5
+        m2 = ix.user(out1, "Mul")
+        c = None if m2 is None else ix.scalar_operand(m2, out1, 0.5)
+        return None if c is None else ([m1, m2], nodes[m2].outputs[0], [c])
+    if ix.scalar(f1) == 0.5:                      # (a 0.5) x
+        m2 = ix.user(out1, "Mul")
+        return None if m2 is None or ix.other(m2, out1) != x else ([m1, m2], nodes[m2].outputs[0], [f1])
+    h = ix.node(f1, "Mul")                        # (0.5 x) a
+    if h is None or not ix.private(f1) or x not in nodes[h].inputs:
+        return None
+    c = ix.scalar_operand(h, x, 0.5)
+    return None if c is None else ([h, m1], out1, [c])
+
+
+def fuse_gelu(graph: Graph, nodes: list[Node], gelu_mul: bool = True) -> tuple[list[Node], int, int]:
+    """Replace exported GELU by onnxstream:Gelu (ops/fused.py), erf and tanh forms:
+
+        erf:  Div(x, sqrt 2) | Mul(x, 1/sqrt 2) -> Erf -> Add(1) -> x * . * 0.5 (any order)
+        tanh: Pow(x, 3) | x*x*x -> Mul(0.044715) -> Add(x) -> Mul(sqrt(2/pi)) -> Tanh -> Add(1)
+              -> x * . * 0.5
+
+    Constants must have those values (to 1e-6 relative; 1, 0.5 and 3 exactly) and every
+    intermediate must be private. With ``gelu_mul``, a Gelu whose only reader is a Mul with
+    another tensor (the SD UNet's GEGLU, h * gelu(gate)) becomes onnxstream:GeluMul.
+    Returns (nodes, Gelu count, GeluMul count).
+    """
+    ix = _ChainIndex(graph, nodes)
+    removed: set[int] = set()
+    replace: dict[int, Node] = {}
+    for ei, e in enumerate(nodes):
+        if e.op_type not in ("Erf", "Tanh") or e.domain != "" or len(e.inputs) != 1 or not ix.private(e.inputs[0]):
+            continue
+        u = e.inputs[0]
+        consts: list[str] = []
+        if e.op_type == "Erf":
+            i = ix.node(u, "Div", "Mul")
+            if i is None:
+                continue
+            x = nodes[i].inputs[0]
+            if nodes[i].op_type == "Div":
+                c = ix.scalar_operand(i, x, _SQRT2, _GELU_RTOL) if nodes[i].inputs[1] != x else None
+            else:
+                x = next((n for n in nodes[i].inputs if ix.scalar(n) is None), "")
+                c = ix.scalar_operand(i, x, 1 / _SQRT2, _GELU_RTOL)
+            if c is None:
+                continue
+            chain, consts, approximate = [i], [c], "none"
+        else:
+            i = ix.node(u, "Mul")
+            v = None
+            if i is not None:
+                v = next((n for n in nodes[i].inputs if ix.scalar(n) is None), None)
+            c1 = None if v is None else ix.scalar_operand(i, v, float(np.sqrt(2 / np.pi)), _GELU_RTOL)
+            add_i = None if c1 is None or not ix.private(v) else ix.node(v, "Add")
+            if add_i is None:
+                continue
+            # Add(x, w) with w = Mul(p, 0.044715), p = Pow(x, 3) | Mul(x, Mul(x, x)) | Mul(Mul(x, x), x)
+            found = None
+            for w in nodes[add_i].inputs:
+                wi = ix.node(w, "Mul")
+                x = ix.other(add_i, w)
+                if wi is None or x is None or not ix.private(w):
+                    continue
+                p = next((n for n in nodes[wi].inputs if ix.scalar(n) is None), None)
+                c2 = None if p is None else ix.scalar_operand(wi, p, 0.044715, _GELU_RTOL)
+                pi = None if c2 is None or not ix.private(p) else ix.node(p, "Pow", "Mul")
+                if pi is None:
+                    continue
+                pn = nodes[pi]
+                if pn.op_type == "Pow":
+                    if pn.inputs[0] == x and len(pn.inputs) == 2 and ix.scalar(pn.inputs[1]) == 3.0:
+                        found = (x, [pi, wi], [c2, pn.inputs[1]])
+                else:
+                    sq = ix.other(pi, x)
+                    si = None if sq is None or not ix.private(sq) else ix.node(sq, "Mul")
+                    if si is not None and nodes[si].inputs == [x, x]:
+                        found = (x, [si, pi, wi], [c2])
+                if found:
+                    break
+            if found is None:
+                continue
+            x, chain, consts = found
+            chain, consts, approximate = chain + [add_i, i], consts + [c1], "tanh"
+        one_i = ix.user(e.outputs[0], "Add")
+        one = None if one_i is None else ix.scalar_operand(one_i, e.outputs[0], 1.0)
+        if one is None:
+            continue
+        tail = _gelu_product(ix, nodes[one_i].outputs[0], x)
+        if tail is None:
+            continue
+        chain += [ei, one_i] + tail[0]
+        consts += [one] + tail[2]
+        out = tail[1]
+        if any(i in removed for i in chain) or len(set(chain)) != len(chain):
+            continue
+        attrs = {"approximate": approximate, "const_rank": max(ix.rank(c) for c in consts)}
+        fused = Node("Gelu", nodes[ix.producer[out]].name + "/gelu", [x], [out], attrs, FUSED_DOMAIN)
+        removed.update(chain)
+        replace[ix.producer[out]] = fused
+    n_gelu = len(replace)
+    n_mul = 0
+    if gelu_mul:
+        for last, g in list(replace.items()):
+            out = g.outputs[0]
+            mi = ix.user(out, "Mul")
+            m = None if mi is None else ix.other(mi, out)
+            if m is None or mi in removed:
+                continue
+            replace[mi] = Node("GeluMul", nodes[mi].name + "/gelu_mul", [g.inputs[0], m], list(nodes[mi].outputs),
+                               dict(g.attrs), FUSED_DOMAIN)
+            del replace[last]
+            removed.update([last, mi])
+            n_mul += 1
+    return _replace_chains(nodes, removed, replace), n_gelu - n_mul, n_mul
+
+
+def fuse_silu(graph: Graph, nodes: list[Node]) -> tuple[list[Node], int]:
+    """Replace x * Sigmoid(x) (SiLU) and x * Sigmoid(alpha x) (QuickGELU, alpha a scalar
+    constant) by onnxstream:Silu (ops/fused.py). Runs after fuse_group_norm, which takes the
+    SiLUs that follow a GroupNorm."""
+    ix = _ChainIndex(graph, nodes)
+    removed: set[int] = set()
+    replace: dict[int, Node] = {}
+    for si, s in enumerate(nodes):
+        if s.op_type != "Sigmoid" or s.domain != "" or len(s.inputs) != 1:
+            continue
+        mi = ix.user(s.outputs[0], "Mul")
+        x = None if mi is None else ix.other(mi, s.outputs[0])
+        if x is None:
+            continue
+        t = s.inputs[0]
+        chain, attrs = [si, mi], {}
+        if t != x:
+            ai = ix.node(t, "Mul")
+            c = None if ai is None or not ix.private(t) else ix.other(ai, x)
+            alpha = None if c is None else ix.scalar(c)
+            if alpha is None:
+                continue
+            chain.append(ai)
+            attrs = {"alpha": alpha, "const_rank": ix.rank(c)}
+        if any(i in removed for i in chain):
+            continue
+        replace[mi] = Node("Silu", nodes[mi].name + "/silu", [x], list(nodes[mi].outputs), attrs, FUSED_DOMAIN)
+        removed.update(chain)
+    return _replace_chains(nodes, removed, replace), len(replace)
+
+
 def build_plan(graph: Graph, options: RunOptions) -> Plan:
     if options.backend == "native":
         ops.load_native()
     nodes, n_group_norm = fuse_group_norm(graph, list(graph.nodes))
+    nodes, n_layer_norm = fuse_layer_norm(graph, nodes)
+    nodes, n_gelu, n_gelu_mul = fuse_gelu(graph, nodes)
+    nodes, n_silu = fuse_silu(graph, nodes)
     nodes, n_attention = fuse_attention(graph, nodes, options)
     missing: dict[str, list[str]] = {}
     steps: list[Step] = []
@@ -299,5 +621,7 @@ def build_plan(graph: Graph, options: RunOptions) -> Plan:
 
     order = [step.node.inputs[j] for step in steps for j in sorted(step.weight_inputs)
              if not (step.row_gather and j == 0)]
-    fusions = {name: k for name, k in (("GroupNorm", n_group_norm), ("SlicedAttention", n_attention)) if k}
+    fusions = {name: k for name, k in (("GroupNorm", n_group_norm), ("SlicedAttention", n_attention),
+                                       ("LayerNorm", n_layer_norm), ("Gelu", n_gelu), ("GeluMul", n_gelu_mul),
+                                       ("Silu", n_silu)) if k}
     return Plan(steps, order, fusions)

@@ -142,3 +142,156 @@ def GroupNorm(x, gamma=None, beta=None, group_scale=None, group_bias=None, *, nu
     if aff is None:
         return unfused(x, gamma, beta, group_scale, group_bias, num_groups, epsilon, silu, batch, shape)
     return group_norm_reference(x, aff[0], aff[1], num_groups, epsilon, bool(silu))
+
+
+# =========================================================================== LayerNorm, Gelu, GeluMul, Silu
+# Fused ops the plan makes from older exporters' spellings (plan.fuse_layer_norm, fuse_gelu,
+# fuse_silu). Same trade-off as GroupNorm above: each op's definition is the chain it
+# replaces, the plan fuses on structure and constant values alone, and every case the fast
+# path does not cover exactly (dtypes other than float32, parameters that broadcast along
+# other axes, ranks that change the broadcast) runs the chain op by op.
+# Reference: onnx__ReduceMean, onnx__Sub, onnx__Pow, onnx__Sqrt, onnx__Div, onnx__Erf,
+# onnx__Tanh, onnx__Sigmoid, onnx__LayerNormalization, onnx__Gelu (opset 20);
+# torch.onnx symbolic_opset9.layer_norm (older exports) and gelu.
+
+_SQRT_HALF = 0.7071067811865476
+_SQRT_2_OVER_PI = 0.7978845608028654
+
+
+def _trailing_axes(axes, ndim: int) -> int | None:
+    """k when ``axes`` (None: all) are exactly the last k of ndim dims, else None."""
+    if ndim == 0:
+        return None
+    if axes is None or len(axes) == 0:
+        return ndim
+    try:
+        norm_axes = sorted({int(a) % ndim for a in axes if -ndim <= int(a) < ndim})
+    except TypeError:
+        return None
+    if len(norm_axes) != len(axes) or norm_axes != list(range(ndim - len(norm_axes), ndim)):
+        return None
+    return len(norm_axes)
+
+
+def _cols_vector(v, x: np.ndarray, k: int) -> np.ndarray | None:
+    """v as Mul/Add broadcast it against x, as a float32 vector over x's last k dims (flattened),
+    when that broadcast varies along those dims only and keeps x's shape; None otherwise."""
+    if not isinstance(v, np.ndarray) or v.dtype != _F32 or v.ndim > x.ndim:
+        return None
+    shape = (1,) * (x.ndim - v.ndim) + v.shape
+    lead, tail = shape[:x.ndim - k], shape[x.ndim - k:]
+    if any(d != 1 for d in lead) or any(d not in (1, n) for d, n in zip(tail, x.shape[x.ndim - k:])):
+        return None
+    return np.ascontiguousarray(np.broadcast_to(v.reshape(tail), x.shape[x.ndim - k:]).reshape(-1))
+
+
+def layer_norm_params(x, gamma, beta, axes):
+    """(axis, scale [cols], bias [cols] | None) of the LayerNorm chain on float32 x when it is a
+    LayerNormalization over x's trailing dims with per-column affine; None otherwise."""
+    if not (isinstance(x, np.ndarray) and x.dtype == _F32 and x.size > 0):
+        return None
+    k = _trailing_axes(axes, x.ndim)
+    if k is None:
+        return None
+    cols = math.prod(x.shape[x.ndim - k:])
+    scale = np.ones(cols, _F32) if gamma is None else _cols_vector(gamma, x, k)
+    bias = None if beta is None else _cols_vector(beta, x, k)
+    if scale is None or (beta is not None and bias is None):
+        return None
+    return x.ndim - k, scale, bias
+
+
+def layer_norm_unfused(x, gamma, beta, axes, epsilon, square):
+    """The exported chain op by op: ReduceMean -> Sub -> Pow(2) | Mul(d, d) -> ReduceMean ->
+    Add(eps) -> Sqrt -> Div [-> Mul(gamma)] [-> Add(beta)]."""
+    from . import reduce
+    with np.errstate(all="ignore"):
+        mean = reduce._reduce("ReduceMean", reduce._k_mean, x, axes, 1)
+        d = np.subtract(x, mean)
+        sq = np.multiply(d, d) if square == "mul" else np.power(d, np.asarray(2.0, x.dtype))
+        var = reduce._reduce("ReduceMean", reduce._k_mean, sq, axes, 1)
+        y = np.divide(d, np.sqrt(np.add(var, np.asarray(epsilon, x.dtype))))
+        if gamma is not None:
+            y = np.multiply(y, gamma)
+        if beta is not None:
+            y = np.add(y, beta)
+    return np.asarray(y)
+
+
+@op("LayerNorm", domain=DOMAIN)
+def LayerNorm(x, gamma=None, beta=None, *, axes=None, epsilon=1e-5, square="pow"):
+    """y = (x - mean) / sqrt(var + epsilon) [* gamma] [+ beta], statistics over ``axes`` (None:
+    all) as two ReduceMeans with keepdims; gamma/beta broadcast as the replaced Mul/Add.
+    square: how the chain squared x - mean ("pow": Pow(d, 2), "mul": Mul(d, d))."""
+    p = layer_norm_params(x, gamma, beta, axes)
+    if p is None:
+        return layer_norm_unfused(x, gamma, beta, axes, epsilon, square)
+    axis, scale, bias = p
+    return norm.LayerNormalization(x, scale.reshape(x.shape[axis:]),
+                                   None if bias is None else bias.reshape(x.shape[axis:]),
+                                   axis=axis, epsilon=epsilon)[0]
+
+
+def gelu_unfused(x, approximate: str) -> np.ndarray:
+    """The exported chain op by op in x's dtype (erf: x / sqrt 2 -> Erf -> + 1 -> * x -> * 0.5;
+    tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))))."""
+    dt = x.dtype.type
+    with np.errstate(all="ignore"):
+        if approximate == "tanh":
+            inner = np.tanh(np.multiply(np.add(x, np.multiply(np.power(x, dt(3)), dt(0.044715))),
+                                        dt(_SQRT_2_OVER_PI)))
+        else:
+            inner = elementwise.Erf(np.asarray(np.divide(x, dt(math.sqrt(2.0)))))
+        return np.asarray(np.multiply(np.multiply(x, np.add(inner, dt(1))), dt(0.5)), x.dtype)
+
+
+def _fused_rank_ok(x, const_rank: int) -> bool:
+    """The chain's constants (rank const_rank) broadcast to x's own shape."""
+    return isinstance(x, np.ndarray) and x.ndim >= const_rank
+
+
+@op("Gelu", domain=DOMAIN)
+def Gelu(x, *, approximate="none", const_rank=0):
+    """x * Phi(x) as the exported chain spelled it (approximate: "none" for the erf form,
+    "tanh" for the tanh form); const_rank: the largest rank among the chain's constants (a
+    lower-rank x takes the chain's broadcast shape, so runs the chain)."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"Gelu: approximate={approximate!r}, expected 'none' or 'tanh'")
+    if not (_fused_rank_ok(x, const_rank) and x.dtype == _F32):
+        x = np.asarray(x)
+        y = gelu_unfused(x, approximate)
+        return y.reshape((1,) * (const_rank - y.ndim) + y.shape) if y.ndim < const_rank else y
+    return elementwise.Gelu(x, approximate=approximate)
+
+
+@op("GeluMul", domain=DOMAIN)
+def GeluMul(x, m, *, approximate="none", const_rank=0):
+    """m * Gelu(x) (GEGLU's product; Mul is commutative in IEEE arithmetic, so the operand
+    order of the replaced Mul does not matter); m broadcasts as the Mul did."""
+    return np.asarray(np.multiply(Gelu(x, approximate=approximate, const_rank=const_rank), m))
+
+
+def silu_reference(x: np.ndarray, alpha: float) -> np.ndarray:
+    """Numpy twin of native.silu_f32: x * sigmoid(alpha * x) in float32, block by block (any
+    strides in, C order out)."""
+    a = _F32.type(alpha)
+
+    def block(b):
+        s = b * a if alpha != 1.0 else b.copy()
+        s = elementwise._sigmoid(s)
+        s *= b
+        return s
+    with np.errstate(all="ignore"):
+        return elementwise._blockwise(block, np.ascontiguousarray(x))
+
+
+@op("Silu", domain=DOMAIN)
+def Silu(x, *, alpha=1.0, const_rank=0):
+    """x * Sigmoid(alpha * x): SiLU (alpha 1, exported as x * Sigmoid(x)) or QuickGELU
+    (x * Sigmoid(1.702 x), CLIP). const_rank: the rank of alpha's constant in the chain."""
+    if isinstance(x, np.ndarray) and x.dtype == _F32 and x.ndim >= max(const_rank, 1):
+        return silu_reference(x, alpha)
+    x = np.asarray(x)
+    with np.errstate(all="ignore"):
+        t = x if alpha == 1.0 else np.multiply(x, np.full((1,) * const_rank, alpha, x.dtype))
+        return np.asarray(np.multiply(x, elementwise.Sigmoid(np.asarray(t))))

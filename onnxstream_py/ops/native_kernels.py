@@ -210,3 +210,87 @@ def Cast6(x, to=1, *, _ctx):
 def Cast19(x, to=1, saturate=1, round_mode="up", *, _ctx):
     y = _cast(x, to, _ctx.pool)
     return y if y is not None else elementwise.Cast19(x, to=to, saturate=saturate, round_mode=round_mode)
+
+
+# --------------------------------------------------------------------------- fused LayerNorm, Gelu, GeluMul, Silu
+# The plan's fusions of older exporters' spellings (ops/fused.py states each op). Elementwise
+# ones keep their input's layout: a channels-last activation runs on its NHWC buffer, and
+# the GEGLU halves (column slices of one projection) are read in place as row-strided matrices.
+
+def _row_view(a: np.ndarray) -> np.ndarray:
+    """a itself when the act kernels can read it (C order or evenly spaced contiguous rows),
+    else a C-order copy."""
+    try:
+        native.row_matrix("", "", a)
+        return a
+    except ValueError:
+        return np.ascontiguousarray(a)
+
+
+def _same_layout(fn, x: np.ndarray, *others):
+    """fn(x, *others) on the NHWC buffers when x (and every other) is channels-last, returning
+    a channels-last result; None when x is not channels-last."""
+    if not is_nhwc(x) or not all(is_nhwc(o) for o in others):
+        return None
+    return fn(nhwc_buffer(x), *(nhwc_buffer(o) for o in others)).transpose(0, 3, 1, 2)
+
+
+def _out_for(out, *inputs) -> np.ndarray | None:
+    """The donated buffer when it is one of the (C-contiguous) inputs or overlaps none of them."""
+    for a in inputs:
+        if (isinstance(out, np.ndarray) and out.ctypes.data == a.ctypes.data and a.flags.c_contiguous
+                and out.shape == a.shape and out.strides == a.strides):
+            return _into(out, a)
+    if out is None or any(np.may_share_memory(out, a) for a in inputs):
+        return None
+    return _into(out, inputs[0])
+
+
+@op("LayerNorm", domain=fused.DOMAIN, backend="native")
+def LayerNorm(x, gamma=None, beta=None, *, axes=None, epsilon=1e-5, square="pow", _ctx):
+    """The plan's LayerNorm (ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div[/Mul/Add] chain) in the
+    LayerNormalization kernel: rows x cols over the trailing normalised dims."""
+    p = fused.layer_norm_params(x, gamma, beta, axes)
+    if p is None:
+        return fused.LayerNorm(x, gamma, beta, axes=axes, epsilon=epsilon, square=square)
+    axis, scale, bias = p
+    cols = scale.size
+    x2d = _contiguous(x).reshape(-1, cols)
+    return native.layer_norm_f32(x2d, scale, bias, epsilon, pool=_ctx.pool).reshape(x.shape)
+
+
+@op("Gelu", domain=fused.DOMAIN, backend="native")
+def FusedGelu(x, *, approximate="none", const_rank=0, _out=None, _ctx):
+    if not (_is_f32(x) and x.ndim >= const_rank) or approximate not in ("none", "tanh"):
+        return fused.Gelu(x, approximate=approximate, const_rank=const_rank)
+    tanh = approximate == "tanh"
+    y = _same_layout(lambda b: native.gelu_f32(b, tanh, pool=_ctx.pool), x)
+    if y is not None:
+        return y
+    xc = _contiguous(x)
+    return native.gelu_f32(xc, tanh, _into(_out, xc), pool=_ctx.pool)
+
+
+@op("GeluMul", domain=fused.DOMAIN, backend="native")
+def GeluMul(x, m, *, approximate="none", const_rank=0, _out=None, _ctx):
+    """m * Gelu(x) in one pass when x and m are float32 of one shape (GEGLU); else numpy."""
+    if (not (_is_f32(x) and _is_f32(m) and x.shape == m.shape and x.ndim >= max(const_rank, 1))
+            or approximate not in ("none", "tanh")):
+        return fused.GeluMul(x, m, approximate=approximate, const_rank=const_rank)
+    tanh = approximate == "tanh"
+    y = _same_layout(lambda bx, bm: native.gelu_mul_f32(bx, bm, tanh, pool=_ctx.pool), x, m)
+    if y is not None:
+        return y
+    x, m = _row_view(x), _row_view(m)
+    return native.gelu_mul_f32(x, m, tanh, _out_for(_out, x, m), pool=_ctx.pool)
+
+
+@op("Silu", domain=fused.DOMAIN, backend="native")
+def Silu(x, *, alpha=1.0, const_rank=0, _out=None, _ctx):
+    if not (_is_f32(x) and x.ndim >= max(const_rank, 1)):
+        return fused.Silu(x, alpha=alpha, const_rank=const_rank)
+    y = _same_layout(lambda b: native.silu_f32(b, alpha, pool=_ctx.pool), x)
+    if y is not None:
+        return y
+    x = _row_view(x)
+    return native.silu_f32(x, alpha, _out_for(_out, x), pool=_ctx.pool)
