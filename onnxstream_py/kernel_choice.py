@@ -50,6 +50,9 @@ def run_chosen(op_key: tuple, candidates: Mapping[str, Callable[[], Any]], measu
     choice = lookup(op_key)
     if choice is None and not measure:
         choice = default if default is not None else next(iter(candidates))
+    if choice is not None and choice not in candidates and choice == _FORCED:
+        # forced("xnnpack") and the like name other ops' kernels: this op takes its default
+        choice = default if default is not None else next(iter(candidates))
     if choice is not None:
         if choice not in candidates:
             raise ValueError(f"kernel choice {choice!r} for {op_key} is not among {sorted(candidates)}")
@@ -156,7 +159,8 @@ def save_file(model_dir: str) -> str:
 
 @contextlib.contextmanager
 def forced(choice: str):
-    """Within the block every op takes ``choice`` (tests and benchmarks), measuring nothing."""
+    """Within the block every op takes ``choice`` (tests and benchmarks), measuring nothing; an
+    op without a candidate of that name takes its default."""
     global _FORCED
     previous, _FORCED = _FORCED, choice
     try:

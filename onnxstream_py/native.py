@@ -877,3 +877,75 @@ def winograd_output_f32(y: np.ndarray, mm: np.ndarray, bias: np.ndarray | None, 
                                        th, tw, tile_begin, tile_count, m), what)
     return y
 
+
+# ---- flash attention ----
+# Wrapper of native/osn_k_flash.h: softmax(Q·Kᵀ·scale + mask)·V tiled with an online softmax
+# (ops/native_attention.py, RunOptions.attention). Inputs are strided views: no copies.
+
+def _flash_view(what: str, name: str, a: np.ndarray, batch: tuple, keep: list):
+    """An osn_flash_view of ``a`` broadcast to batch + a.shape[-2:] (element strides; stride 0
+    for broadcast axes). The pointer is the address of a's first element (a may be any view);
+    ``keep`` holds the cdata alive for the call."""
+    b = np.broadcast_to(a, batch + a.shape[-2:])
+    if any(s % a.itemsize for s in b.strides):
+        raise ValueError(f"{what}: {name} strides {a.strides} are not multiples of its item size")
+    st = [s // a.itemsize for s in b.strides]
+    offsets = np.zeros(batch, np.int64)
+    for axis, (size, s) in enumerate(zip(batch, st)):
+        shape = [1] * len(batch)
+        shape[axis] = size
+        offsets = offsets + np.arange(size, dtype=np.int64).reshape(shape) * s
+    offsets = np.ascontiguousarray(offsets.reshape(-1))
+    view = ffi.new("osn_flash_view *")
+    view.data = ffi.cast("const void *", a.__array_interface__["data"][0])
+    view.head_offsets = ffi.cast("const ptrdiff_t *", ffi.from_buffer(offsets))
+    view.row_stride, view.col_stride = st[-2], st[-1]
+    keep.extend((offsets, view))
+    return view
+
+
+def flash_attention(q: np.ndarray, kt: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None,
+                    scale: float = 1.0, causal: bool = False, *, pool: ThreadPool | None = None) -> np.ndarray:
+    """softmax(q·kt·scale + mask)·v, the softmax along the keys, for q [..., M, d], kt [..., d, N],
+    v [..., N, dv] (batch dimensions broadcast as numpy matmul), all float32 or all float16
+    (computed in float32), any strides; mask broadcastable to [..., M, N] (any float dtype,
+    read as float32). causal: key j is seen by query i only if j <= i. Returns a new
+    C-contiguous [batch..., M, dv] array of the inputs' dtype."""
+    what = f"flash attention q {getattr(q, 'shape', '?')}, kᵀ {getattr(kt, 'shape', '?')}, v {getattr(v, 'shape', '?')}"
+    for name, a in (("q", q), ("kᵀ", kt), ("v", v)):
+        if not isinstance(a, np.ndarray) or a.dtype not in (np.float32, np.float16) or a.ndim < 2:
+            raise ValueError(f"{what}: {name} must be a float32 or float16 array of rank >= 2, got "
+                             f"{getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}")
+    if not q.dtype == kt.dtype == v.dtype:
+        raise ValueError(f"{what}: q, kᵀ, v dtypes differ ({q.dtype}, {kt.dtype}, {v.dtype})")
+    m, d, n, dv = q.shape[-2], q.shape[-1], kt.shape[-1], v.shape[-1]
+    if kt.shape[-2] != d or v.shape[-2] != n:
+        raise ValueError(f"{what}: shapes do not chain (q [.., M, d], kᵀ [.., d, N], v [.., N, dv])")
+    try:
+        batch = np.broadcast_shapes(q.shape[:-2], kt.shape[:-2], v.shape[:-2])
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.dtype != np.float32:
+                mask = mask.astype(np.float32)
+            if mask.ndim < 2:
+                mask = mask.reshape((1,) * (2 - mask.ndim) + mask.shape)
+            np.broadcast_shapes(mask.shape, batch + (m, n))
+            mbatch = np.broadcast_shapes(batch, mask.shape[:-2])
+            if mbatch != batch:
+                raise ValueError("the mask adds batch dimensions")
+    except ValueError as e:
+        raise ValueError(f"{what}: shapes do not broadcast ({e})") from None
+    out = np.empty(batch + (m, dv), q.dtype)
+    heads = int(np.prod(batch, dtype=np.int64))
+    if out.size == 0:
+        return out
+    if n == 0 or d == 0:
+        raise ValueError(f"{what}: no keys or empty head size: softmax over nothing")
+    keep: list = []
+    views = [_flash_view(what, name, a, batch, keep) for name, a in (("q", q), ("kᵀ", kt), ("v", v))]
+    mview = ffi.NULL
+    if mask is not None:
+        mview = _flash_view(what, "mask", np.broadcast_to(mask, mask.shape[:-2] + (m, n)), batch, keep)
+    _check(lib.osn_flash_attention(_pool_ptr(pool), out_ptr(out), *views, mview, heads, m, n, d, dv,
+                                   float(scale), int(bool(causal)), int(q.dtype == np.float16)), what)
+    return out

@@ -15,6 +15,11 @@ class RunOptions:
     # scores take at most attention_slice_bytes.
     attention_slices: int = 0
     attention_slice_bytes: int = 16 * MiB
+    # Native backend, fused attention: "flash" (tiled C kernel with an online softmax: scratch
+    # of one tile per thread at any sequence length), "sliced" (BLAS on blocks of query rows,
+    # bounded by the two settings above), or "auto" (the measured choice per shape with
+    # kernel_choice="measure" or a stored one, else the op's rule; ops/native_attention.py).
+    attention: str = "auto"
     # Read-ahead budget of the "prefetch" provider.
     prefetch_bytes: int = 32 * MiB
     # Weight CRC-32 checks: "first" checks each weight the first time this model reads it
@@ -40,6 +45,8 @@ class RunOptions:
             raise ValueError(f"RunOptions.threads must be >= 1, got {self.threads}")
         if self.attention_slices < 0:
             raise ValueError(f"RunOptions.attention_slices must be >= 0, got {self.attention_slices}")
+        if self.attention not in ("auto", "flash", "sliced"):
+            raise ValueError(f"RunOptions.attention must be 'auto', 'flash' or 'sliced', got {self.attention!r}")
         if self.verify_checksums not in (True, False, "always", "first", "never"):
             raise ValueError(f"RunOptions.verify_checksums must be 'always', 'first' or 'never', "
                              f"got {self.verify_checksums!r}")

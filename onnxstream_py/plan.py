@@ -122,7 +122,7 @@ def fuse_attention(graph: Graph, nodes: list[Node], options: RunOptions) -> tupl
         fused = Node("SlicedAttention", pv.name + "/sliced_attention",
                      [q, kt, pv.inputs[1], scale, mask], list(pv.outputs),
                      {"scale_op": scale_op, "slices": options.attention_slices,
-                      "slice_bytes": options.attention_slice_bytes}, FUSED_DOMAIN)
+                      "slice_bytes": options.attention_slice_bytes, "attention": options.attention}, FUSED_DOMAIN)
         while fused.inputs and not fused.inputs[-1]:
             fused.inputs.pop()
         removed.update(chain)

@@ -31,13 +31,16 @@ def _softmax_last_inplace(s: np.ndarray) -> None:
 
 
 @op("SlicedAttention", domain=DOMAIN)
-def SlicedAttention(q, kt, v, scale=None, mask=None, *, scale_op="", slices=0, slice_bytes=16 << 20):
+def SlicedAttention(q, kt, v, scale=None, mask=None, *, scale_op="", slices=0, slice_bytes=16 << 20,
+                    attention="auto"):
     """q [..., M, d], kt [..., d, N], v [..., N, dv] -> [..., M, dv] (numpy matmul broadcasting).
 
     scale: scalar applied to the scores by ``scale_op`` ("mul" or "div"); mask: broadcastable
     to [..., M, N], added after scaling. Reference: ONNX MatMul, Softmax (opset 13), Add.
     Works one (batch, head) matrix and one block of query rows at a time, so every product
-    is a plain 2-D GEMM writing a contiguous block of the output.
+    is a plain 2-D GEMM writing a contiguous block of the output. ``attention`` (RunOptions.attention)
+    picks the native kernel; this numpy op is always sliced (the flash twin, ops/flash.py, is a
+    test reference: its Python loop over 64x64 tiles is far slower than BLAS on row blocks).
     """
     return sliced_attention(q, kt, v, scale, mask, scale_op, slices, slice_bytes, _softmax_last_inplace)
 

@@ -19,6 +19,12 @@ Trade-offs, measured on SD 1.5 UNet shapes on 2 cores (scripts/bench_attention.p
 Numerics differ from the numpy twin only by rounding (the exp polynomial, the division after
 the product, 1/divisor for a Div scale): ~1e-6 relative.
 Inputs other than float32 (float16 activations) take the twin's path with the C softmax.
+
+RunOptions.attention picks the kernel: "sliced" is the above; "flash" is the C flash kernel
+(native/osn_k_flash.c, twin ops/flash.py: tiles of 64 queries x 64 keys with an online softmax,
+scratch of one tile set per thread whatever the sequence length, float16 inputs converted
+while packing); "auto" takes the measured choice per shape (kernel_choice.py, candidates
+"flash" / "sliced") and otherwise the rule of default_attention_kernel, measured on this x86.
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .. import native
+from .. import kernel_choice, native
 from ..threads import blas_threads_limited
 from .attention import DOMAIN, rows_per_slice, sliced_attention
 from .registry import op
@@ -60,8 +66,48 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         return ex
 
 
+ATTENTION_KERNELS = ("flash", "sliced")
+
+
+def default_attention_kernel(m: int, n: int, d: int, dv: int, heads: int) -> str:
+    """The kernel for a shape without a measurement. See FLASH_RULE_NOTE."""
+    return "flash"
+
+
 @op("SlicedAttention", domain=DOMAIN, backend="native")
-def SlicedAttention(q, kt, v, scale=None, mask=None, *, scale_op="", slices=0, slice_bytes=16 << 20, _ctx):
+def SlicedAttention(q, kt, v, scale=None, mask=None, *, scale_op="", slices=0, slice_bytes=16 << 20,
+                    attention="auto", _ctx):
+    if attention not in ("auto",) + ATTENTION_KERNELS:
+        raise ValueError(f"SlicedAttention: attention must be 'auto', 'flash' or 'sliced', got {attention!r}")
+    flash_ok = (q.dtype == kt.dtype == v.dtype and q.dtype in (np.float32, np.float16)
+                and min(q.ndim, kt.ndim, v.ndim) >= 2 and 0 not in q.shape + kt.shape + v.shape)
+    if attention == "sliced" or not flash_ok:
+        return _sliced(q, kt, v, scale, mask, scale_op, slices, slice_bytes, _ctx)
+    if attention == "flash":
+        return _flash(q, kt, v, scale, mask, scale_op, _ctx)
+    m, d, n, dv = q.shape[-2], q.shape[-1], kt.shape[-1], v.shape[-1]
+    batch = np.broadcast_shapes(q.shape[:-2], kt.shape[:-2], v.shape[:-2])
+    heads = int(np.prod(batch, dtype=np.int64))
+    key = ("SlicedAttention", heads, m, n, d, dv, mask is not None, str(q.dtype), max(1, _ctx.pool.threads))
+    return kernel_choice.run_chosen(key, {
+        "flash": lambda: _flash(q, kt, v, scale, mask, scale_op, _ctx),
+        "sliced": lambda: _sliced(q, kt, v, scale, mask, scale_op, slices, slice_bytes, _ctx),
+    }, measure=_ctx.measure_kernels, default=default_attention_kernel(m, n, d, dv, heads))
+
+
+def _factor(scale, scale_op: str) -> float:
+    """The score multiplier: 1, the Mul scale, or 1/divisor for a Div scale (rounded in float32)."""
+    if not scale_op:
+        return 1.0
+    factor = float(np.asarray(scale, dtype=np.float32).reshape(()))
+    return float(np.float32(1) / np.float32(factor)) if scale_op == "div" else factor
+
+
+def _flash(q, kt, v, scale, mask, scale_op, _ctx):
+    return native.flash_attention(q, kt, v, mask, _factor(scale, scale_op), pool=_ctx.pool)
+
+
+def _sliced(q, kt, v, scale, mask, scale_op, slices, slice_bytes, _ctx):
     pool = _ctx.pool
     if not (q.dtype == kt.dtype == v.dtype == np.float32) or min(q.ndim, kt.ndim, v.ndim) < 2 \
             or 0 in q.shape or 0 in kt.shape or 0 in v.shape:
@@ -76,11 +122,7 @@ def SlicedAttention(q, kt, v, scale=None, mask=None, *, scale_op="", slices=0, s
     mb = None
     if mask is not None:
         mb = np.broadcast_to(mask, batch + np.broadcast_shapes(mask.shape[-2:], (m, n)))
-    factor = 1.0
-    if scale_op:
-        factor = float(np.asarray(scale, dtype=np.float32).reshape(()))
-        if scale_op == "div":
-            factor = float(np.float32(1) / np.float32(factor))
+    factor = _factor(scale, scale_op)
     out = np.empty(batch + (m, v.shape[-1]), dtype=np.float32)
 
     heads = list(np.ndindex(*batch))
