@@ -15,16 +15,8 @@
 #define CB 64        /* channels transformed together: a tile's alpha^2 x CB floats stay in L1 */
 #define MAX_ALPHA 6
 
-/* Lavin & Gray's matrices. B^T is alpha x alpha, G alpha x 3, A^T m x alpha; rows are padded to
- * MAX_ALPHA. F(4,3) uses interpolation points 0, +-1, +-2 (and infinity). */
-static const float BT6[6][6] = {
-    {4, 0, -5, 0, 1, 0},
-    {0, -4, -4, 1, 1, 0},
-    {0, 4, -4, -1, 1, 0},
-    {0, -2, -1, 2, 1, 0},
-    {0, 2, -1, -2, 1, 0},
-    {0, 4, 0, -5, 0, 1},
-};
+/* Lavin & Gray's G (alpha x 3); B^T and A^T are spelled out in bt6/bt4/at6/at4 below (the
+ * matrices are in ops/winograd.py). F(4,3) uses interpolation points 0, +-1, +-2 and infinity. */
 static const double G6[6][3] = {
     {1.0 / 4, 0, 0},
     {-1.0 / 6, -1.0 / 6, -1.0 / 6},
@@ -33,27 +25,11 @@ static const double G6[6][3] = {
     {1.0 / 24, -1.0 / 12, 1.0 / 6},
     {0, 0, 1},
 };
-static const float AT6[4][6] = {
-    {1, 1, 1, 1, 1, 0},
-    {0, 1, -1, 2, -2, 0},
-    {0, 1, 1, 4, 4, 0},
-    {0, 1, -1, 8, -8, 1},
-};
-static const float BT4[4][6] = {
-    {1, 0, -1, 0},
-    {0, 1, 1, 0},
-    {0, -1, 1, 0},
-    {0, 1, 0, -1},
-};
 static const double G4[4][3] = {
     {1, 0, 0},
     {0.5, 0.5, 0.5},
     {0.5, -0.5, 0.5},
     {0, 0, 1},
-};
-static const float AT4[2][6] = {
-    {1, 1, 1, 0},
-    {0, 1, -1, -1},
 };
 
 /* ---- weight transform ---- */
@@ -92,20 +68,52 @@ int osn_winograd_weight_f32(osn_pool* pool, float* u, const float* w, size_t cou
     return 0;
 }
 
-/* ---- shared: dst[r][k] (r < rows, k < cb) = sum_a coef[r][a] * src[a * src_step + r_off][k] ----
- * One 1-D transform along the rows or the columns of a tile of CB-wide channel vectors; zero
- * coefficients (most of B^T and A^T) are skipped. */
-static inline void combine(float (*dst)[CB], const float (*src)[CB], const float (*coef)[6], int rows, int terms,
-                           int dst_step, int src_step, int off, int cb) {
-    for (int r = 0; r < rows; r++) {
-        float* o = dst[r * dst_step + off];
-        for (int k = 0; k < cb; k++) o[k] = 0.0f;
-        for (int a = 0; a < terms; a++) {
-            const float f = coef[r][a];
-            if (f == 0.0f) continue;
-            const float* s = src[a * src_step + off];
-            for (int k = 0; k < cb; k++) o[k] += f * s[k];
-        }
+/* ---- the 1-D transforms, on CB channels at once ----
+ * Each reads `terms` vectors src + a * ss (a < terms) and writes `rows` vectors dst + r * ds,
+ * CB floats each; a 2-D transform is one pass down the columns, then one along the rows.
+ * Spelled out (not a matrix product) so zero coefficients cost nothing; a fixed CB and
+ * restrict let the compiler keep all of it in vector registers. */
+
+static inline void bt6(float* restrict dst, size_t ds, const float* restrict src, size_t ss) {
+    for (int k = 0; k < CB; k++) {
+        const float d0 = src[k], d1 = src[ss + k], d2 = src[2 * ss + k], d3 = src[3 * ss + k],
+                    d4 = src[4 * ss + k], d5 = src[5 * ss + k];
+        dst[k] = 4.0f * d0 - 5.0f * d2 + d4;
+        dst[ds + k] = -4.0f * (d1 + d2) + (d3 + d4);
+        dst[2 * ds + k] = 4.0f * (d1 - d2) + (d4 - d3);
+        dst[3 * ds + k] = 2.0f * (d3 - d1) + (d4 - d2);
+        dst[4 * ds + k] = 2.0f * (d1 - d3) + (d4 - d2);
+        dst[5 * ds + k] = 4.0f * d1 - 5.0f * d3 + d5;
+    }
+}
+
+static inline void bt4(float* restrict dst, size_t ds, const float* restrict src, size_t ss) {
+    for (int k = 0; k < CB; k++) {
+        const float d0 = src[k], d1 = src[ss + k], d2 = src[2 * ss + k], d3 = src[3 * ss + k];
+        dst[k] = d0 - d2;
+        dst[ds + k] = d1 + d2;
+        dst[2 * ds + k] = d2 - d1;
+        dst[3 * ds + k] = d1 - d3;
+    }
+}
+
+static inline void at6(float* restrict dst, size_t ds, const float* restrict src, size_t ss) {
+    for (int k = 0; k < CB; k++) {
+        const float s0 = src[k], s1 = src[ss + k], s2 = src[2 * ss + k], s3 = src[3 * ss + k],
+                    s4 = src[4 * ss + k], s5 = src[5 * ss + k];
+        const float p12 = s1 + s2, m12 = s1 - s2, p34 = s3 + s4, m34 = s3 - s4;
+        dst[k] = s0 + p12 + p34;
+        dst[ds + k] = m12 + 2.0f * m34;
+        dst[2 * ds + k] = p12 + 4.0f * p34;
+        dst[3 * ds + k] = m12 + 8.0f * m34 + s5;
+    }
+}
+
+static inline void at4(float* restrict dst, size_t ds, const float* restrict src, size_t ss) {
+    for (int k = 0; k < CB; k++) {
+        const float s0 = src[k], s1 = src[ss + k], s2 = src[2 * ss + k], s3 = src[3 * ss + k];
+        dst[k] = s0 + s1 + s2;
+        dst[ds + k] = s1 - s2 - s3;
     }
 }
 
@@ -119,7 +127,6 @@ struct input_ctx {
     int64_t pad_top, pad_left;
     size_t tiles_h, tiles_w, tile_begin, tile_count;
     int m, alpha;
-    const float (*bt)[6];
 };
 
 OSN_SIMD_CLONES static void input_task(void* arg, size_t t) {
@@ -148,13 +155,19 @@ OSN_SIMD_CLONES static void input_task(void* arg, size_t t) {
                 } else {
                     for (int k = 0; k < cb; k++) o[k] = p[k * c->sc];
                 }
+                for (int k = cb; k < CB; k++) o[k] = 0.0f;   /* tail lanes: computed, never stored */
             }
         }
-        /* tmp = B^T d (over rows), then d = tmp B (over columns) */
-        for (int j = 0; j < alpha; j++)
-            combine(tmp, (const float (*)[CB])d, c->bt, alpha, alpha, alpha, alpha, j, cb);
-        for (int i = 0; i < alpha; i++)
-            combine(d + i * alpha, (const float (*)[CB])(tmp + i * alpha), c->bt, alpha, alpha, 1, 1, 0, cb);
+        /* tmp = B^T d (down each column j), then d = tmp B (along each row i) */
+        const size_t row = (size_t)alpha * CB;
+        for (int j = 0; j < alpha; j++) {
+            if (alpha == 6) bt6(tmp[j], row, d[j], row);
+            else bt4(tmp[j], row, d[j], row);
+        }
+        for (int i = 0; i < alpha; i++) {
+            if (alpha == 6) bt6(d[i * alpha], CB, tmp[i * alpha], CB);
+            else bt4(d[i * alpha], CB, tmp[i * alpha], CB);
+        }
         for (int e = 0; e < alpha * alpha; e++)
             memcpy(c->v + e * plane + t * c->c + c0, d[e], (size_t)cb * sizeof(float));
     }
@@ -167,7 +180,7 @@ int osn_winograd_input_f32(osn_pool* pool, float* v, const float* x, size_t n, s
         || tile_begin + tile_count > n * tiles_h * tiles_w)
         return OSN_E_INVALID_ARGUMENT;
     struct input_ctx ctx = {v, x, c, h, w, sn, sc, sh, sw, (int64_t)pad_top, (int64_t)pad_left,
-                            tiles_h, tiles_w, tile_begin, tile_count, m, m + 2, m == 4 ? BT6 : BT4};
+                            tiles_h, tiles_w, tile_begin, tile_count, m, m + 2};
     pthreadpool_parallelize_1d(osn_pool_handle(pool), input_task, &ctx, tile_count, OSN_PARALLEL_FLAGS);
     return 0;
 }
@@ -181,7 +194,6 @@ struct output_ctx {
     const float* bias;
     size_t cols, co_offset, out_h, out_w, tiles_h, tiles_w, tile_begin, tile_count;
     int m, alpha;
-    const float (*at)[6];
 };
 
 OSN_SIMD_CLONES static void output_task(void* arg, size_t t) {
@@ -195,13 +207,20 @@ OSN_SIMD_CLONES static void output_task(void* arg, size_t t) {
     float s[MAX_ALPHA * MAX_ALPHA][CB], tmp[MAX_ALPHA * MAX_ALPHA][CB], r[MAX_ALPHA * MAX_ALPHA][CB];
     for (size_t c0 = 0; c0 < c->cols; c0 += CB) {
         const int cb = (int)(c->cols - c0 < CB ? c->cols - c0 : CB);
-        for (int e = 0; e < alpha * alpha; e++)
+        for (int e = 0; e < alpha * alpha; e++) {
             memcpy(s[e], c->mm + e * plane + t * c->cols + c0, (size_t)cb * sizeof(float));
-        /* tmp[i][b] = sum_a A^T[i][a] s[a][b] (m x alpha), r[i][j] = sum_b tmp[i][b] A^T[j][b] (m x m) */
-        for (int b = 0; b < alpha; b++)
-            combine(tmp, (const float (*)[CB])s, c->at, m, alpha, alpha, alpha, b, cb);
-        for (int i = 0; i < m; i++)
-            combine(r + i * m, (const float (*)[CB])(tmp + i * alpha), c->at, m, alpha, 1, 1, 0, cb);
+            for (int k = cb; k < CB; k++) s[e][k] = 0.0f;
+        }
+        /* tmp = A^T s (m x alpha, down each column b), r = tmp A (m x m, along each row i) */
+        const size_t row = (size_t)alpha * CB;
+        for (int b = 0; b < alpha; b++) {
+            if (alpha == 6) at6(tmp[b], row, s[b], row);
+            else at4(tmp[b], row, s[b], row);
+        }
+        for (int i = 0; i < m; i++) {
+            if (alpha == 6) at6(r[i * m], CB, tmp[i * alpha], CB);
+            else at4(r[i * m], CB, tmp[i * alpha], CB);
+        }
         for (int i = 0; i < m; i++) {
             if (oy0 + i >= c->out_h) break;
             for (int j = 0; j < m; j++) {
@@ -229,7 +248,7 @@ int osn_winograd_output_f32(osn_pool* pool, float* y, int64_t sn, int64_t sc, in
         || tiles_h == 0 || tiles_w == 0)
         return OSN_E_INVALID_ARGUMENT;
     struct output_ctx ctx = {y, sn, sc, sh, sw, mm, bias, cols, co_offset, out_h, out_w, tiles_h, tiles_w,
-                             tile_begin, tile_count, m, m + 2, m == 4 ? AT6 : AT4};
+                             tile_begin, tile_count, m, m + 2};
     pthreadpool_parallelize_1d(osn_pool_handle(pool), output_task, &ctx, tile_count, OSN_PARALLEL_FLAGS);
     return 0;
 }

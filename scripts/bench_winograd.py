@@ -3,8 +3,10 @@
     python scripts/bench_winograd.py [--threads 2] [--repeats 3] [--only vae|unet] [--no-ort]
 
 Per shape (3x3, stride 1, pad 1, batch 1, float32), back-to-back in one process, best of
-``--repeats``: Winograd F(4x4) and F(2x2) (prepared: the weight transform excluded, as the
-operator cache keeps it; "f4 streamed" includes it, in WEIGHT_BLOCK_BYTES blocks), XNNPACK's
+``--repeats``: Winograd F(4x4) and F(2x2) with the GEMMs on numpy's BLAS ("f4 blas") or on
+XNNPACK fully-connected operators ("f4 xnn") (prepared: the weight transform and packing
+excluded, as the operator cache keeps them; "f4 xnn streamed" includes them, in
+WEIGHT_BLOCK_BYTES blocks), XNNPACK's
 convolution (native.XnnConv2d on NHWC, packing excluded), BLAS im2col (ops/conv.py conv_nd,
 NCHW) and onnxruntime's Conv (a single-node model, intra-op threads = --threads). Prints ms and
 effective GFLOP/s = direct-convolution FLOPs (2 * N * OH * OW * Cout * Cin * 9) / time, and
@@ -74,8 +76,8 @@ def main() -> int:
     shapes = {"vae": VAE, "unet": UNET, None: VAE + UNET}[args.only]
     pool = native.ThreadPool(args.threads)
     rng = np.random.default_rng(0)
-    names = ["f4", "f2", "f4 streamed", "xnnpack", "blas", "ort"]
-    print(f"{'shape':18s} " + " ".join(f"{k:>16s}" for k in names) + "   err f4 / f2   (ms | GFLOP/s, "
+    names = ["f4 blas", "f4 xnn", "f2 blas", "f2 xnn", "f4 xnn streamed", "xnnpack", "blas", "ort"]
+    print(f"{'shape':18s} " + " ".join(f"{k:>15s}" for k in names) + "   err f4 / f2   (ms | GFLOP/s, "
           f"{args.threads} threads)")
     for label, cin, cout, hw in shapes:
         x = rng.standard_normal((1, cin, hw, hw), dtype=np.float32)
@@ -84,13 +86,13 @@ def main() -> int:
         x_nhwc = as_nhwc(x)
         x_cl = x_nhwc.transpose(0, 3, 1, 2)
         flops = 2.0 * hw * hw * cout * cin * 9
-        prep = {v: PreparedWinograd(w, b, v, pool) for v in ("f4", "f2")}
+        prep = {f"{v} {g}": PreparedWinograd(w, b, v, pool, gemm)
+                for v in ("f4", "f2") for g, gemm in (("blas", "blas"), ("xnn", "xnnpack"))}
         xnn = native.XnnConv2d(w, b, pads=PADS)
         y_x = native.xnn_empty((1, hw, hw, cout), np.float32)
         runs = {
-            "f4": lambda: conv2d_winograd(x_cl, None, None, PADS, pool, prepared=prep["f4"]),
-            "f2": lambda: conv2d_winograd(x_cl, None, None, PADS, pool, prepared=prep["f2"]),
-            "f4 streamed": lambda: conv2d_winograd(x_cl, w, b, PADS, pool, "f4"),
+            **{k: (lambda p=p: conv2d_winograd(x_cl, None, None, PADS, pool, prepared=p)) for k, p in prep.items()},
+            "f4 xnn streamed": lambda: conv2d_winograd(x_cl, w, b, PADS, pool, "f4", gemm="xnnpack"),
             "xnnpack": lambda: xnn.run(native.xnn_readable(x_nhwc), y_x, 0, pool),
             "blas": None if args.no_blas else lambda: conv_nd(x, w, b, None, PADS),
             "ort": None if args.no_ort else ort_conv(x, w, b, args.threads),
@@ -98,14 +100,14 @@ def main() -> int:
         cells = []
         for k in names:
             if runs[k] is None:
-                cells.append(f"{'-':>16s}")
+                cells.append(f"{'-':>15s}")
                 continue
             runs[k]()   # warm-up (first-touch of scratch, OpenBLAS threads)
             ms = best_ms(runs[k], args.repeats)
-            cells.append(f"{ms:8.1f}|{flops / ms / 1e6:6.1f}")
+            cells.append(f"{ms:7.1f}|{flops / ms / 1e6:6.1f}" if ms < 1e5 else f"{ms:15.0f}")
         ref = runs["xnnpack"]().transpose(0, 3, 1, 2)
         s = float(np.abs(ref).max())
-        errs = [float(np.abs(runs[v]() - ref).max()) / s for v in ("f4", "f2")]
+        errs = [float(np.abs(runs[v]() - ref).max()) / s for v in ("f4 xnn", "f2 xnn")]
         print(f"{label:18s} " + " ".join(cells) + f"   {errs[0]:.1e} / {errs[1]:.1e}", flush=True)
         runs.clear()   # frees the onnxruntime session: its spinning threads would slow the next shape
         xnn.close()

@@ -59,15 +59,16 @@ def _rel(y, ref):
     return float(np.abs(y.astype(np.float64) - ref).max() / np.abs(ref).max())
 
 
+@pytest.mark.parametrize("gemm", ["blas", "xnnpack"])
 @pytest.mark.parametrize("variant", ["f4", "f2"])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:5])) + "p" + "".join(map(str, c[5])))
-def test_matches_direct_convolution(pool, case, layout, variant):
+def test_matches_direct_convolution(pool, case, layout, variant, gemm):
     n, cin, cout, h, w, pads = case
     x, wt, b = _case(n, cin, cout, h, w)
     ref = _exact(x, wt, b, pads)
     xin = as_nhwc(x).transpose(0, 3, 1, 2) if layout == "nhwc" else x
-    y = conv2d_winograd(xin, wt, b, pads, pool, variant)
+    y = conv2d_winograd(xin, wt, b, pads, pool, variant, gemm=gemm)
     assert y.shape == ref.shape
     assert is_nhwc(y) == (layout == "nhwc" and y.shape[1] > 1 and y.shape[2] * y.shape[3] > 1)
     assert _rel(y, ref) <= TOL[variant]
@@ -75,15 +76,16 @@ def test_matches_direct_convolution(pool, case, layout, variant):
     assert _rel(conv2d_winograd_ref(x, wt, b, pads, variant), ref) <= TOL[variant]
 
 
+@pytest.mark.parametrize("gemm", ["blas", "xnnpack"])
 @pytest.mark.parametrize("variant", ["f4", "f2"])
-def test_chunks_and_weight_blocks(pool, variant):
+def test_chunks_and_weight_blocks(pool, variant, gemm):
     """Tiny scratch and weight budgets (many chunks, partial last chunk, several output-channel
     blocks, no bias) give the whole computation's result."""
     x, wt, _ = _case(2, 19, 37, 9, 11, seed=3)
     pads = [1, 0, 1, 2]
     ref = _exact(x, wt, None, pads)
-    whole = conv2d_winograd(x, wt, None, pads, pool, variant)
-    parts = conv2d_winograd(as_nhwc(x).transpose(0, 3, 1, 2), wt, None, pads, pool, variant,
+    whole = conv2d_winograd(x, wt, None, pads, pool, variant, gemm=gemm)
+    parts = conv2d_winograd(as_nhwc(x).transpose(0, 3, 1, 2), wt, None, pads, pool, variant, gemm=gemm,
                             chunk_bytes=20000, weight_block_bytes=5000)
     assert _rel(parts, whole.astype(np.float64)) <= TOL[variant]   # GEMM sizes differ: sum order too
     assert _rel(parts, ref) <= TOL[variant]
@@ -118,15 +120,17 @@ def test_native_matches_twin(pool):
         assert _rel(y, conv2d_winograd_ref(x, wt, b, pads, variant).astype(np.float64)) <= TOL[variant]
 
 
-def test_prepared_weight(pool):
+@pytest.mark.parametrize("gemm", ["blas", "xnnpack"])
+def test_prepared_weight(pool, gemm):
     x, wt, b = _case(1, 19, 13, 10, 10, seed=4)
     pads = [1, 1, 1, 1]
-    prep = PreparedWinograd(wt, b, "f4", pool)
+    prep = PreparedWinograd(wt, b, "f4", pool, gemm)
     assert prep.nbytes == 36 * 13 * 19 * 4 + 13 * 4
     y = conv2d_winograd(x, None, None, pads, pool, prepared=prep)
-    np.testing.assert_array_equal(y, conv2d_winograd(x, wt, b, pads, pool, "f4"))
+    np.testing.assert_allclose(y, conv2d_winograd(x, wt, b, pads, pool, "f4", gemm=gemm), rtol=1e-6, atol=1e-6)
     y2 = conv2d_winograd(as_nhwc(x).transpose(0, 3, 1, 2), None, None, pads, pool, prepared=prep)
     np.testing.assert_allclose(y2, y, rtol=1e-6, atol=1e-6)
+    assert is_nhwc(y2) and y.flags.c_contiguous
     with pytest.raises(ValueError, match="channels"):
         conv2d_winograd(x[:, :5], None, None, pads, pool, prepared=prep)
     prep.close()
@@ -146,6 +150,8 @@ def test_bad_input_raises(pool):
     x, wt, b = _case(1, 13, 19, 8, 8)
     with pytest.raises(ValueError, match="variant"):
         conv2d_winograd(x, wt, b, [1, 1, 1, 1], pool, "f6")
+    with pytest.raises(ValueError, match="gemm"):
+        conv2d_winograd(x, wt, b, [1, 1, 1, 1], pool, gemm="mkl")
     with pytest.raises(ValueError, match="float32"):
         conv2d_winograd(x.astype(np.float64), wt, b, [1, 1, 1, 1], pool)
     with pytest.raises(ValueError, match=r"\[Cout, Cin, 3, 3\]"):

@@ -11,8 +11,9 @@ never exists in full in transformed form (each block re-transforms the input, a 
 
 Per chunk of tiles (scratch bounded by CHUNK_BYTES): the C kernels transform the input tiles
 to V [alpha^2, tiles, Cin] (native/osn_k_winograd.c, reading NCHW or channels-last in place),
-numpy's BLAS runs the alpha^2 GEMMs V[e] @ U[e]^T as one stacked np.matmul into M
-[alpha^2, tiles, Cout], and the output transform writes A^T M A + bias into the output, in the
+the alpha^2 GEMMs V[e] @ U[e]^T run into M [alpha^2, tiles, Cout] as one stacked np.matmul
+(numpy's BLAS, gemm="blas") or as alpha^2 XNNPACK fully-connected operators on the engine's
+pool (gemm="xnnpack": no hand-off between two thread pools), and the output transform writes A^T M A + bias into the output, in the
 input's layout. The numpy twin (``*_ref``) spells the same transforms in a few lines.
 Reference: Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", arXiv 1509.09308.
 """
@@ -99,21 +100,58 @@ def conv2d_winograd_ref(x: np.ndarray, w: np.ndarray, b, pads, variant: str = "f
 
 # ---------------------------------------------------------------- native path
 
-class PreparedWinograd:
-    """The transformed weight U [alpha^2, Cout, Cin] (and bias) of one Conv: what the operator
-    cache keeps across runs. ``nbytes`` counts U and the bias."""
+GEMMS = ("blas", "xnnpack")
 
-    def __init__(self, w: np.ndarray, b: np.ndarray | None, variant: str = "f4", pool=None):
-        self.variant, self.m = variant, _variant(variant)
-        w = np.ascontiguousarray(w, dtype=np.float32) if w.dtype != np.float32 else np.ascontiguousarray(w)
-        self.cout, self.cin = w.shape[:2]
-        self.dtype = np.dtype(np.float32)
-        self.u = native.winograd_weight_f32(w, self.m, pool=pool)
-        self.bias = None if b is None else np.ascontiguousarray(b, dtype=np.float32)
-        self.nbytes = self.u.nbytes + (0 if self.bias is None else self.bias.nbytes)
+
+class _XnnGemms:
+    """The alpha^2 GEMMs as XNNPACK fully-connected operators, one per transform position e
+    (weight U[e] [cols, Cin], packed at creation), run on the engine's thread pool."""
+
+    def __init__(self, u: np.ndarray):
+        self.fcs = []
+        try:
+            for e in range(u.shape[0]):
+                self.fcs.append(native.XnnFullyConnected(u[e], None, weight_kn=False))
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self, v: np.ndarray, mm: np.ndarray, pool) -> None:
+        for e, fc in enumerate(self.fcs):
+            fc.run(v[e], mm[e], 0, pool)
 
     def close(self) -> None:
-        self.u = self.bias = None
+        for fc in self.fcs:
+            fc.close()
+        self.fcs = []
+
+
+class PreparedWinograd:
+    """The transformed weight U [alpha^2, Cout, Cin] (and bias) of one Conv: what the operator
+    cache keeps across runs. With gemm="xnnpack" it holds XNNPACK's packed copies of U (one
+    fully-connected operator per transform position) instead of U. ``nbytes`` counts the
+    weight (U or its packed copies, about the same size) and the bias."""
+
+    def __init__(self, w: np.ndarray, b: np.ndarray | None, variant: str = "f4", pool=None, gemm: str = "xnnpack"):
+        if gemm not in GEMMS:
+            raise ValueError(f"Winograd: gemm must be one of {GEMMS}, got {gemm!r}")
+        self.variant, self.m, self.gemm = variant, _variant(variant), gemm
+        w = np.ascontiguousarray(w, dtype=np.float32)
+        self.cout, self.cin = w.shape[:2]
+        self.dtype = np.dtype(np.float32)
+        u = native.winograd_weight_f32(w, self.m, pool=pool)
+        self.nbytes = u.nbytes
+        self.u = u if gemm == "blas" else None
+        self.xnn = _XnnGemms(u) if gemm == "xnnpack" else None
+        self.bias = None if b is None else np.ascontiguousarray(b, dtype=np.float32)
+        self.nbytes += 0 if self.bias is None else self.bias.nbytes
+        self.closed = False
+
+    def close(self) -> None:
+        if self.xnn is not None:
+            self.xnn.close()
+        self.u = self.xnn = self.bias = None
+        self.closed = True
 
 
 def _check_args(x, w, b, pads, prepared):
@@ -124,7 +162,7 @@ def _check_args(x, w, b, pads, prepared):
         raise ValueError(f"{what}: pads must be 4 non-negative ints [top, left, bottom, right], got {pads}")
     if prepared is not None:
         cin, cout = prepared.cin, prepared.cout
-        if prepared.u is None:
+        if prepared.closed:
             raise ValueError(f"{what}: the prepared weight was closed")
     else:
         if not isinstance(w, np.ndarray) or w.ndim != 4 or w.shape[2:] != (3, 3) or w.dtype != np.float32:
@@ -143,15 +181,23 @@ def _check_args(x, w, b, pads, prepared):
 
 
 def conv2d_winograd(x, w, b, pads, pool=None, variant: str = "f4", prepared: PreparedWinograd | None = None,
-                    chunk_bytes: int = CHUNK_BYTES, weight_block_bytes: int = WEIGHT_BLOCK_BYTES) -> np.ndarray:
+                    gemm: str = "xnnpack", chunk_bytes: int = CHUNK_BYTES,
+                    weight_block_bytes: int = WEIGHT_BLOCK_BYTES) -> np.ndarray:
     """ONNX Conv with a 3x3 kernel, stride 1, dilation 1, group 1, float32, by Winograd.
 
     x: [N, Cin, H, W], C-contiguous or channels-last (other strides are copied to NCHW);
     w: [Cout, Cin, 3, 3], b: [Cout] or None (both ignored when ``prepared`` is given: the
-    cached transformed weight); pads: [top, left, bottom, right]. Returns [N, Cout, OH, OW] in
-    x's layout (channels-last output is the NCHW view of an XNNPACK-readable NHWC buffer).
+    cached transformed weight, whose variant and gemm then apply); pads: [top, left, bottom,
+    right]; gemm: "blas" (numpy's stacked matmul) or "xnnpack" (fully-connected operators on
+    ``pool``). Returns [N, Cout, OH, OW] in x's layout (channels-last output is the NCHW view
+    of an XNNPACK-readable NHWC buffer).
     """
-    m = prepared.m if prepared is not None else _variant(variant)
+    if prepared is not None:
+        m, gemm = prepared.m, prepared.gemm
+    else:
+        m = _variant(variant)
+        if gemm not in GEMMS:
+            raise ValueError(f"Winograd: gemm must be one of {GEMMS}, got {gemm!r}")
     pads = [int(p) for p in pads]
     cout, cin = _check_args(x, w, b, pads, prepared)
     if not (x.flags.c_contiguous or is_nhwc(x)):
@@ -172,21 +218,31 @@ def conv2d_winograd(x, w, b, pads, pool=None, variant: str = "f4", prepared: Pre
     cols_max = max(c1 - c0 for c0, c1 in blocks)
     total = n * th * tw
     chunk = max(1, min(total, chunk_bytes // (alpha2 * (cin + cols_max) * 4)))
-    v_buf = np.empty(alpha2 * chunk * cin, np.float32)
+    v_buf = native.xnn_empty((alpha2 * chunk * cin,), np.float32)   # XNNPACK may read past a GEMM's rows
     m_buf = np.empty(alpha2 * chunk * cols_max, np.float32)
     for c0, c1 in blocks:
+        xnn = None
         if prepared is not None:
-            u, bias = prepared.u, prepared.bias
+            u, bias, xnn = prepared.u, prepared.bias, prepared.xnn
         else:
             u = native.winograd_weight_f32(np.ascontiguousarray(w), m, c0, c1, pool=pool)
             bias = None if b is None else np.ascontiguousarray(b[c0:c1])
-        ut = u.transpose(0, 2, 1)                                   # [alpha^2, Cin, cols]
-        for t0 in range(0, total, chunk):
-            tc = min(chunk, total - t0)
-            v = native.winograd_input_f32(x, (pads[0], pads[1]), (th, tw), t0, tc, m,
-                                          out=v_buf[:alpha2 * tc * cin].reshape(alpha2, tc, cin), pool=pool)
-            mm = m_buf[:alpha2 * tc * (c1 - c0)].reshape(alpha2, tc, c1 - c0)
-            np.matmul(v, ut, out=mm)
-            native.winograd_output_f32(y, mm, bias, c0, (th, tw), t0, tc, m, pool=pool)
+            if gemm == "xnnpack":
+                xnn, u = _XnnGemms(u), None
+        try:
+            ut = None if u is None else u.transpose(0, 2, 1)      # [alpha^2, Cin, cols]
+            for t0 in range(0, total, chunk):
+                tc = min(chunk, total - t0)
+                v = native.winograd_input_f32(x, (pads[0], pads[1]), (th, tw), t0, tc, m,
+                                              out=v_buf[:alpha2 * tc * cin].reshape(alpha2, tc, cin), pool=pool)
+                mm = m_buf[:alpha2 * tc * (c1 - c0)].reshape(alpha2, tc, c1 - c0)
+                if xnn is not None:
+                    xnn.run(v, mm, pool)
+                else:
+                    np.matmul(v, ut, out=mm)
+                native.winograd_output_f32(y, mm, bias, c0, (th, tw), t0, tc, m, pool=pool)
+        finally:
+            if prepared is None and xnn is not None:
+                xnn.close()
         del u, ut
     return y
