@@ -1,7 +1,8 @@
 """Planning pass: turns a parsed Graph into the list of steps the interpreter executes.
 
 Computed here, once per model, and nowhere else: each node's op implementation (every
-unsupported op reported together), fusions (torch's GroupNorm chains -> GroupNorm, attention
+unsupported op reported together), fusions (torch's GroupNorm chains -> GroupNorm, older
+exporters' LayerNorm / GELU / SiLU chains -> LayerNorm, Gelu, GeluMul, Silu, attention
 -> SlicedAttention), when each intermediate dies (it is freed right after its last consumer), which dying inputs an
 elementwise op may overwrite in place, which inputs are weights
 (fetched just before their op and released right after), and the order in which weights
@@ -540,8 +541,24 @@ def fuse_gelu(graph: Graph, nodes: list[Node], gelu_mul: bool = True) -> tuple[l
 def fuse_silu(graph: Graph, nodes: list[Node]) -> tuple[list[Node], int]:
     """Replace x * Sigmoid(x) (SiLU) and x * Sigmoid(alpha x) (QuickGELU, alpha a scalar
     constant) by onnxstream:Silu (ops/fused.py). Runs after fuse_group_norm, which takes the
-    SiLUs that follow a GroupNorm."""
+    SiLUs that follow a GroupNorm; one it left (the normalised value, or its affine, has
+    other readers) stays as exported: that is fuse_group_norm's decision, not this pass's."""
     ix = _ChainIndex(graph, nodes)
+
+    def after_group_norm(x: str) -> bool:
+        i = ix.producer.get(x)
+        for _ in range(3):          # GroupNorm [-> Mul(gamma)] [-> Add(beta)]
+            if i is None:
+                return False
+            n = nodes[i]
+            if n.op_type == "GroupNorm" and n.domain == FUSED_DOMAIN:
+                return True
+            if n.op_type not in ("Mul", "Add") or n.domain != "":
+                return False
+            src = [v for v in n.inputs if not (v in graph.consts or v in graph.weights)]
+            i = ix.producer.get(src[0]) if len(src) == 1 else None
+        return False
+
     removed: set[int] = set()
     replace: dict[int, Node] = {}
     for si, s in enumerate(nodes):
@@ -549,7 +566,7 @@ def fuse_silu(graph: Graph, nodes: list[Node]) -> tuple[list[Node], int]:
             continue
         mi = ix.user(s.outputs[0], "Mul")
         x = None if mi is None else ix.other(mi, s.outputs[0])
-        if x is None:
+        if x is None or after_group_norm(x):
             continue
         t = s.inputs[0]
         chain, attrs = [si, mi], {}

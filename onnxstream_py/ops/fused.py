@@ -1,4 +1,5 @@
-"""GroupNorm (+ SiLU): a fused op the plan makes from torch's export of nn.GroupNorm.
+"""Fused ops the plan makes from exported chains: GroupNorm (+ SiLU) from torch's export of
+nn.GroupNorm, and (at the end of the file) LayerNorm, Gelu, GeluMul and Silu.
 
 torch spells GroupNorm as Reshape [N, G, -1] -> InstanceNormalization(ones, zeros) ->
 Reshape(shape of x) -> Mul(gamma [C,1,1]) -> Add(beta [C,1,1]), usually followed by SiLU as
