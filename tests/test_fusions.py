@@ -17,8 +17,10 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxstream_py
 from onnxstream_py import native, ops, plan as plan_mod
 from onnxstream_py.converter import convert_model_proto
+from onnxstream_py.graph import Node, read_graph
 from onnxstream_py.native_context import NativeContext
 from onnxstream_py.ops import elementwise, fused, native_kernels as nk
+from onnxstream_py.ops.attention import DOMAIN as FUSED_DOMAIN
 
 import model_builders as mb
 
@@ -422,3 +424,33 @@ def test_chains_sharing_nodes_fuse_once(tmp_path, monkeypatch, backend):
                           [_f(n, v) for n, v in k.items()])
     _check_graph(tmp_path, monkeypatch, backend, model, {"x": _rand((3, 19), 1, scale=3.0)},
                  {"Gelu": 1, "Silu": 1})
+
+
+def _graph(tmp_path, model):
+    convert_model_proto(model, str(tmp_path / "g"))
+    return read_graph(str(tmp_path / "g" / "graph.txt"))
+
+
+def test_gelu_mul_option(tmp_path):
+    """fuse_gelu(gelu_mul=False) keeps GEGLU's product a Mul after the fused Gelu."""
+    g = _graph(tmp_path, gelu_model(geglu=True))
+    nodes, n_gelu, n_mul = plan_mod.fuse_gelu(g, list(g.nodes), gelu_mul=False)
+    assert (n_gelu, n_mul) == (1, 0)
+    assert [n.op_type for n in nodes if n.op_type in ("Gelu", "Mul", "GeluMul")] == ["Gelu", "Mul"]
+    assert plan_mod.fuse_gelu(g, list(g.nodes))[1:] == (0, 1)
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_silu_after_a_plan_group_norm_is_left_to_it(tmp_path, affine):
+    """A SiLU that fuse_group_norm left after its GroupNorm (or the affine's remains) stays as
+    exported: that pass stopped there because the value has other readers."""
+    g = _graph(tmp_path, silu_model())
+    assert plan_mod.fuse_silu(g, list(g.nodes))[1] == 1
+    g.consts = dict(g.consts, beta=np.zeros(1, np.float32))
+    src = "tb" if affine else "t"
+    nodes = [Node("GroupNorm", "gn", ["x0"], ["t"], {"num_groups": 1}, FUSED_DOMAIN)]
+    if affine:
+        nodes.append(Node("Add", "b", ["t", "beta"], ["tb"]))
+    nodes += [Node(n.op_type, n.name, [src if v == "x" else v for v in n.inputs], n.outputs, n.attrs)
+              for n in g.nodes]
+    assert plan_mod.fuse_silu(g, nodes)[1] == 0
