@@ -3,10 +3,15 @@
 It looks each step's op up in the plan (no op logic here), fetches the step's weights
 from the provider just before the op and releases them right after, and drops every
 intermediate after its last consumer. ``ONNXSTREAM_DEBUG=1`` prints each op; ``=2`` adds
-input/output shapes and dtypes and the process's current RSS.
+input/output shapes and dtypes, the process's current RSS and the bytes of live activations.
+
+Weight streaming (RunOptions.max_weight_chunk_bytes): with a provider that reads row ranges
+cheaply, a weight larger than the limit reaches an op that declares ``_weight_refs`` as a
+WeightRef (weight_ref.py), which the op reads chunk by chunk.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import time
@@ -17,6 +22,7 @@ from .errors import OpError
 from .graph import Graph
 from .op_cache import CacheSlot
 from .plan import Plan, Step
+from .weight_ref import WeightRef
 
 
 def current_rss_bytes() -> int:
@@ -58,6 +64,8 @@ def _donation(step: Step, args: list, env: dict) -> np.ndarray | None:
 def _describe(a) -> str:
     if a is None:
         return "-"
+    if isinstance(a, WeightRef):
+        return f"{a.dtype.name}{list(a.shape)} (chunked)"
     a = np.asarray(a)
     return f"{a.dtype.name}{list(a.shape)}"
 
@@ -79,6 +87,39 @@ class Interpreter:
                     static = tuple(j for j, n in enumerate(step.node.inputs)
                                    if n and (j in step.weight_inputs or n in graph.consts))
                     self._slots[i] = CacheSlot(cache, i, tuple(step.node.inputs[j] for j in pos), pos, static)
+        self._chunked = self._chunked_weights()
+
+    def _chunked_weights(self) -> dict[int, frozenset[int]]:
+        """Per step, the weight input positions handed to the op as WeightRefs: weights larger
+        than max_weight_chunk_bytes, at positions the op's ``_weight_refs`` default names, when
+        the provider reads row ranges cheaply and no operator cache slot wants the whole weight."""
+        limit = getattr(getattr(self.ctx, "options", None), "max_weight_chunk_bytes", 0)
+        if not limit or not getattr(self.provider, "reads_row_ranges", False):
+            return {}
+        accepts: dict[object, frozenset[int]] = {}
+        out = {}
+        for i, step in enumerate(self.plan.steps):
+            fn = step.impl.fn
+            if fn not in accepts:
+                p = inspect.signature(fn).parameters.get("_weight_refs")
+                accepts[fn] = frozenset(p.default) if p is not None and p.default is not p.empty else frozenset()
+            if i in self._slots or not accepts[fn]:
+                continue
+            big = frozenset(j for j in step.weight_inputs & accepts[fn]
+                            if len(self.graph.weights[step.node.inputs[j]].shape) >= 1
+                            and self._decl_nbytes(step.node.inputs[j]) > limit)
+            if big:
+                out[i] = big
+        return out
+
+    def _decl_nbytes(self, name: str) -> int:
+        decl = self.graph.weights[name]
+        return int(np.prod(decl.shape, dtype=np.int64)) * np.dtype(decl.dtype).itemsize
+
+    def _weight_ref(self, name: str) -> WeightRef:
+        decl = self.graph.weights[name]
+        return WeightRef(name, decl.shape, decl.dtype, self.provider, self.ctx.options.max_weight_chunk_bytes,
+                         widen=self.ctx.widen, fetch_full=self._fetch_weight)
 
     def _fetch_weight(self, name: str) -> np.ndarray:
         decl = self.graph.weights[name]
@@ -117,10 +158,13 @@ class Interpreter:
             t0 = time.perf_counter() if level else 0.0
             slot = self._slots.get(i)
             from_cache = slot is not None and slot.entry is not None   # weights not needed
+            chunked = self._chunked.get(i, ())
             args = []
             for j, name in enumerate(node.inputs):
                 if not name:
                     args.append(None)
+                elif j in chunked:
+                    args.append(self._weight_ref(name))
                 elif j in step.weight_inputs:
                     args.append(None if (step.row_gather and j == 0) or from_cache else self._fetch_weight(name))
                 elif name in env:
@@ -163,8 +207,9 @@ class Interpreter:
                     ins = ", ".join(_describe(env.get(n, consts.get(n))) if n and n not in graph.weights
                                     else (f"w:{n}" if n else "-") for n in node.inputs)
                     outs = ", ".join(_describe(env[o]) for o in node.outputs if o)
+                    live = sum(a.nbytes for a in env.values() if isinstance(a, np.ndarray))
                     line += (f"  ({ins}) -> ({outs})  {1e3 * (time.perf_counter() - t0):.1f} ms"
-                             f"  rss {current_rss_bytes() / 2**20:.0f} MiB")
+                             f"  rss {current_rss_bytes() / 2**20:.0f} MiB  live {live / 2**20:.0f} MiB")
                 print(line, file=sys.stderr)
             for name in step.free_after:
                 env.pop(name, None)

@@ -39,6 +39,15 @@ class RunOptions:
     # the "ram" provider (which keeps every weight anyway; a cached op's raw weight is dropped),
     # 0 with the streaming ones, whose point is not to hold the model.
     operator_cache_bytes: int | None = None
+    # Native backend, Conv/MatMul/Gemm whose weight is larger than this (bytes at the model's
+    # dtype): with a provider that reads row ranges cheaply (DiskNoCache), the weight is read
+    # and packed one chunk of rows at a time (output channels of a Conv, K rows of a MatMul),
+    # so at most one chunk of raw and packed weight is alive (weight_ref.py). 0: off.
+    max_weight_chunk_bytes: int = 16 * MiB
+    # "fp16": a float32 intermediate that waits many steps for its next consumer (a UNet skip
+    # connection) is kept as float16 meanwhile and widened when used (plan.activation_storage);
+    # halves that memory for a rounding error of ~1e-7 NMSE per stored tensor. "fp32": off.
+    activation_storage: str = "fp32"
 
     def __post_init__(self):
         if self.threads is not None and self.threads < 1:
@@ -54,5 +63,9 @@ class RunOptions:
             raise ValueError(f"RunOptions.kernel_choice must be 'cached' or 'measure', got {self.kernel_choice!r}")
         if self.operator_cache_bytes is not None and self.operator_cache_bytes < 0:
             raise ValueError(f"RunOptions.operator_cache_bytes must be >= 0 or None, got {self.operator_cache_bytes}")
+        if self.max_weight_chunk_bytes < 0:
+            raise ValueError(f"RunOptions.max_weight_chunk_bytes must be >= 0 (0: off), got {self.max_weight_chunk_bytes}")
+        if self.activation_storage not in ("fp32", "fp16"):
+            raise ValueError(f"RunOptions.activation_storage must be 'fp32' or 'fp16', got {self.activation_storage!r}")
         if self.backend not in ("numpy", "native"):
             raise ValueError(f"RunOptions.backend must be 'numpy' or 'native', got {self.backend!r}")

@@ -19,6 +19,11 @@ How the engine drives a provider, per run:
                        provider may free its own copy (it must still serve a later get).
     close()            when the model is closed (also via ``with provider: ...``).
 
+Attribute ``reads_row_ranges`` (default False): True when ``get_rows`` of a contiguous
+range of rows reads only those rows and holds nothing after (DiskNoCache). The engine then
+streams a weight larger than ``RunOptions.max_weight_chunk_bytes`` in chunks of rows, never
+holding it whole; with False it asks for whole tensors (a read-ahead or a cache wants them).
+
 Arrays handed out must be treated as read-only by the caller (the engine never modifies
 an input in place); a provider may hand out the same array object more than once.
 """
@@ -32,6 +37,8 @@ import numpy as np
 
 class WeightsProvider(abc.ABC):
     """Serves named weight tensors as numpy arrays. Only ``get`` is required."""
+
+    reads_row_ranges: bool = False
 
     @abc.abstractmethod
     def get(self, name: str) -> np.ndarray:

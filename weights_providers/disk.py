@@ -39,6 +39,8 @@ class _OnDisk(WeightsProvider):
 class DiskNoCache(_OnDisk):
     """Reads each tensor from disk on every ``get``; holds no tensor data."""
 
+    reads_row_ranges = True     # a contiguous row range is one small mapping (tensorfile.read_rows)
+
     def __init__(self, path, verify="always", use_mmap: bool = True):
         self._file = TensorFile(path, verify, use_mmap)
 

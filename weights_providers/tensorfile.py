@@ -32,6 +32,8 @@ CHUNK_BYTES = 1 << 20
 # Tensors at least this big are memory-mapped (below it a mapping costs more than a copy).
 MMAP_MIN_BYTES = 1 << 16
 PAGE = mmap.PAGESIZE
+# Bytes past a tensor that XNNPACK may read (native.XNN_EXTRA_BYTES): mapped when the file has them.
+XNN_SLACK = 16
 
 
 def weights_path(path) -> str:
@@ -136,6 +138,16 @@ class TensorFile:
 
         row_shape = entry.shape[1:]
         row_bytes = entry.nbytes // n if n else 0
+        if flat.size > 1 and flat[-1] - flat[0] == flat.size - 1 and bool(np.all(np.diff(flat) == 1)):
+            # A contiguous range (the engine streaming a big weight in chunks of rows):
+            # one small mapping of just those rows, unmapped when the caller drops the array.
+            r0, r1 = int(flat[0]), int(flat[-1]) + 1
+            if self.use_mmap and (r1 - r0) * row_bytes >= MMAP_MIN_BYTES:
+                buf = self._map(entry, r0 * row_bytes, (r1 - r0) * row_bytes)
+                if buf is not None:
+                    out = np.frombuffer(buf, dtype=entry.dtype.newbyteorder("<")).reshape((r1 - r0,) + row_shape)
+                    out = out.reshape(rows.shape + row_shape)
+                    return out if out.dtype == entry.dtype else out.astype(entry.dtype)
         uniq, inverse = np.unique(flat, return_inverse=True)
         buf = np.empty((len(uniq),) + row_shape, dtype=entry.dtype.newbyteorder("<"))
         raw = buf.reshape(-1).view(np.uint8)
@@ -170,9 +182,12 @@ class TensorFile:
 
     # --- the places that touch the file descriptor ---------------------------------------
 
-    def _map(self, entry: TensorEntry):
-        """A read-only memoryview of the tensor's bytes in a fresh mapping, or None when the
-        file cannot be mapped (then the caller reads it)."""
+    def _map(self, entry: TensorEntry, begin: int = 0, nbytes: int | None = None):
+        """A read-only memoryview of the tensor's bytes [begin, begin + nbytes) (default: all)
+        in a fresh mapping, or None when the file cannot be mapped (then the caller reads it).
+        The mapping reaches XNN_SLACK bytes further where the file has them, so XNNPACK (which
+        may read 16 bytes past an input) can use it without a padded copy."""
+        nbytes = entry.nbytes - begin if nbytes is None else nbytes
         fd = self._fd
         if fd is None:
             raise WeightsError(f"tensor {entry.name!r}: weights file {self.path} is closed")
@@ -183,13 +198,15 @@ class TensorFile:
         if entry.offset + entry.nbytes > size:
             raise WeightsError(f"tensor {entry.name!r} in {self.path}: needs bytes {entry.offset}.."
                                f"{entry.offset + entry.nbytes}, the file now has {size} (truncated?)")
-        start = entry.offset - entry.offset % mmap.ALLOCATIONGRANULARITY
+        first = entry.offset + begin
+        start = first - first % mmap.ALLOCATIONGRANULARITY
+        end = min(size, first + nbytes + XNN_SLACK)
         try:
-            mm = mmap.mmap(fd, entry.offset + entry.nbytes - start, offset=start, access=mmap.ACCESS_READ)
+            mm = mmap.mmap(fd, end - start, offset=start, access=mmap.ACCESS_READ)
         except (OSError, ValueError):
             self.use_mmap = False          # e.g. a pipe or a filesystem without mmap
             return None
-        return memoryview(mm)[entry.offset - start:]
+        return memoryview(mm)[first - start:first - start + nbytes]
 
     # --- the one place that reads through the file descriptor -----------------------------
 

@@ -8,7 +8,11 @@ a transpose that a channels-last one (layout.py) does not. XNNPACK's Conv output
 channels-last, so consecutive convolutions (and the elementwise ops between them) never
 transpose. Other dtypes, ranks and attributes go to the numpy op. Memory: without the cache
 a weight larger than WEIGHT_BLOCK_BYTES is packed one block of output channels at a time
-(create, run, delete), so the ONNX weight never coexists with a full packed copy.
+(create, run, delete), so the ONNX weight never coexists with a full packed copy. A weight
+that arrives as a WeightRef (weight_ref.py: streamed from disk, RunOptions.max_weight_chunk_bytes)
+is also *read* one chunk at a time: Conv by output channels, a [K, N] MatMul/Gemm weight by K
+rows (partial products summed into the output), an [N, K] (transB) one by N rows. Both kernel
+candidates run chunk by chunk, under the same kernel-choice key as the whole weight.
 Reference: https://onnx.ai/onnx/operators/onnx__Conv.html, onnx__MatMul.html, onnx__Gemm.html
 """
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 from .. import kernel_choice
 from .. import native
 from ..layout import is_nhwc, nhwc_buffer
+from ..weight_ref import WeightRef, materialize
 from .conv import Conv as numpy_conv, _ints, conv_nd, resolve_pads
 from .linalg import Gemm7 as numpy_gemm7, Gemm11 as numpy_gemm11, MatMul as numpy_matmul, matmul
 from .registry import op
@@ -32,6 +37,21 @@ def _blocks(n: int, row_bytes: int) -> list[tuple[int, int]]:
     """[begin, end) blocks of n output channels whose weight rows take <= WEIGHT_BLOCK_BYTES."""
     step = max(1, min(n, WEIGHT_BLOCK_BYTES // max(1, row_bytes)))
     return [(c, min(n, c + step)) for c in range(0, n, step)]
+
+
+def _conv_blocks(w, b, groups):
+    """(c0, weight, bias, begin, end) per block of output channels packed at once: blocks of
+    WEIGHT_BLOCK_BYTES within an array w (channels [begin, end) of it), or a WeightRef's chunks
+    read in turn (each its own [c1-c0, ...] weight). Grouped convolutions are one block."""
+    cout = w.shape[0]
+    if groups != 1:
+        yield 0, materialize(w), b, 0, cout
+    elif isinstance(w, WeightRef):
+        for c0, c1 in w.row_chunks(min(WEIGHT_BLOCK_BYTES, w.max_chunk_bytes)):
+            yield c0, w.rows(c0, c1), None if b is None else b[c0:c1], 0, c1 - c0
+    else:
+        for c0, c1 in _blocks(cout, w[0].nbytes):
+            yield c0, w, b, c0, c1
 
 
 _XNN_DTYPE_OK: dict[np.dtype, bool] = {}
@@ -109,14 +129,14 @@ def conv2d_xnnpack(x, w, b, strides, pads, dilations, groups, pool=None, prepare
         return prepared.run(x_nhwc, pool).transpose(0, 3, 1, 2)
     n, h, wd, _ = x_nhwc.shape
     cout = w.shape[0]
-    blocks = _blocks(cout, w[0].nbytes) if groups == 1 else [(0, cout)]
     y = None
-    for c0, c1 in blocks:
-        with native.XnnConv2d(w, b, groups=groups, strides=strides, dilations=dilations, pads=pads,
-                              co_begin=c0, co_end=c1, y_channels=cout) as conv:
+    for c0, wb, bb, begin, end in _conv_blocks(w, b, groups):
+        with native.XnnConv2d(wb, bb, groups=groups, strides=strides, dilations=dilations, pads=pads,
+                              co_begin=begin, co_end=end, y_channels=cout) as conv:
             if y is None:
                 oh, ow = conv.output_hw(h, wd)
                 y = native.xnn_empty((n, oh, ow, cout), x.dtype)
+            del wb          # a streamed chunk is freed before the next one is read
             conv.run(x_nhwc, y, c0, pool)
     return y.transpose(0, 3, 1, 2)
 
@@ -124,7 +144,11 @@ def conv2d_xnnpack(x, w, b, strides, pads, dilations, groups, pool=None, prepare
 def conv2d_blas(x, w, b, strides, onnx_pads, dilations, groups, pool=None) -> np.ndarray:
     """ONNX Conv (2-D) on numpy's BLAS. A channels-last x stays channels-last for a 1x1
     stride-1 unpadded conv (one GEMM [N*H*W, Cin] @ [Cin, Cout] on its memory); otherwise x
-    is brought to NCHW and conv_nd (tiled im2col GEMMs) writes an NCHW output."""
+    is brought to NCHW and conv_nd (tiled im2col GEMMs) writes an NCHW output. A WeightRef w
+    is read one chunk of output channels at a time, each chunk computing its slice of y."""
+    chunked = isinstance(w, WeightRef) and groups == 1
+    if isinstance(w, WeightRef) and not chunked:
+        w = w.full()
     if is_nhwc(x):
         pointwise = (w.shape[2:] == (1, 1) and groups == 1 and tuple(strides) == (1, 1) and not any(onnx_pads))
         if pointwise:
@@ -132,21 +156,34 @@ def conv2d_blas(x, w, b, strides, onnx_pads, dilations, groups, pool=None) -> np
             cout = w.shape[0]
             y = native.xnn_empty((n, h, wd, cout), x.dtype)
             y2 = y.reshape(n * h * wd, cout)
-            np.matmul(nhwc_buffer(x).reshape(n * h * wd, cin), w.reshape(cout, cin).T, out=y2)
+            x2 = nhwc_buffer(x).reshape(n * h * wd, cin)
+            if chunked:
+                for c0, c1 in w.row_chunks():
+                    y2[:, c0:c1] = x2 @ w.rows(c0, c1).reshape(c1 - c0, cin).T
+            else:
+                np.matmul(x2, w.reshape(cout, cin).T, out=y2)
             if b is not None:
                 y2 += b
             return y.transpose(0, 3, 1, 2)
         n, c, h, wd = x.shape
         x = native.transpose_last2(nhwc_buffer(x).reshape(n, h * wd, c), pool=pool).reshape(n, c, h, wd)
-    return conv_nd(x, w, b, strides, onnx_pads, dilations, groups)
+    if not chunked:
+        return conv_nd(x, w, b, strides, onnx_pads, dilations, groups)
+    out_hw = tuple((x.shape[2 + i] + onnx_pads[i] + onnx_pads[2 + i] - dilations[i] * (w.shape[2 + i] - 1) - 1)
+                   // strides[i] + 1 for i in range(2))
+    y = np.empty((x.shape[0], w.shape[0]) + out_hw, x.dtype)
+    for c0, c1 in w.row_chunks():
+        conv_nd(x, w.rows(c0, c1), None if b is None else b[c0:c1], strides, onnx_pads, dilations, 1,
+                out=y[:, c0:c1])
+    return y
 
 
 @op("Conv", since=1, backend="native")
 def Conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
-         strides=None, _ctx, _cache=None):
+         strides=None, _ctx, _cache=None, _weight_refs=(1,)):
     """2-D float Conv on XNNPACK or BLAS, measured per shape and input layout. With an operator
     cache slot, an XNNPACK choice keeps its packed operator across runs (later runs do not
-    fetch w or b: they arrive as None)."""
+    fetch w or b: they arrive as None). w may be a WeightRef (read in chunks of output channels)."""
     prepared = None if _cache is None else _cache.entry
     if prepared is not None:
         if x.ndim != 4 or x.shape[1] != prepared.cin or x.dtype != prepared.dtype:
@@ -156,9 +193,9 @@ def Conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
                  strides=strides)
     if x.ndim != 4 or w.ndim != 4 or not _same_float(x, w, b) or x.size == 0 or w.size == 0:
-        return numpy_conv(x, w, b, **attrs)
+        return numpy_conv(x, materialize(w), b, **attrs)
     if kernel_shape is not None and list(kernel_shape) != list(w.shape[2:]):
-        return numpy_conv(x, w, b, **attrs)   # raises the numpy op's error
+        return numpy_conv(x, materialize(w), b, **attrs)   # raises the numpy op's error
     group = int(group)
     strides = _ints(strides, 2, 1, "strides", "Conv")
     dilations = _ints(dilations, 2, 1, "dilations", "Conv")
@@ -169,11 +206,11 @@ def Conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     spans = [x.shape[2 + i] + onnx_pads[i] + onnx_pads[2 + i] - (w.shape[2 + i] - 1) * dilations[i] - 1
              for i in range(2)]
     if not valid or min(spans) < 0:
-        return numpy_conv(x, w, b, **attrs)   # errors and empty outputs are the numpy op's
+        return numpy_conv(x, materialize(w), b, **attrs)   # errors and empty outputs are the numpy op's
     xpads = [onnx_pads[0], onnx_pads[1], onnx_pads[2], onnx_pads[3]]   # top, left, bottom, right
     pool = _ctx.pool
     nbytes = w.nbytes + (0 if b is None else b.nbytes)
-    cacheable = _cache is not None and _cache.has_room(nbytes)
+    cacheable = _cache is not None and not isinstance(w, WeightRef) and _cache.has_room(nbytes)
     # The measured cost differs by input layout (a transpose or not) and by whether XNNPACK's
     # packing is paid every run or once (cached), so both are part of the key.
     key = ("Conv", x.dtype.name, tuple(map(int, x.shape)), tuple(map(int, w.shape)), group, tuple(strides),
@@ -244,6 +281,46 @@ def fc_xnnpack(a2d, w, bias, weight_kn, pool=None, prepared=None) -> np.ndarray:
     return y
 
 
+def fc_chunked(a2d, w: WeightRef, bias, weight_kn, kernel, pool=None) -> np.ndarray:
+    """a2d [M, K] @ W (+ bias) with ``kernel`` ("xnnpack" or "blas"), reading the WeightRef W
+    one chunk of rows at a time: an [N, K] weight by N rows, each chunk writing its columns of
+    y; a [K, N] weight by K rows, y = sum of a2d[:, k0:k1] @ W[k0:k1] (one [M, N] scratch; M
+    is small wherever weights are big in SD, e.g. 64-256 rows for its 26-52 MB weights)."""
+    m = a2d.shape[0]
+    n = w.shape[1] if weight_kn else w.shape[0]
+    y = np.empty((m, n), a2d.dtype)
+    if not weight_kn:
+        for n0, n1 in w.row_chunks():
+            wc, bc = w.rows(n0, n1), None if bias is None else bias[n0:n1]
+            if kernel == "xnnpack":
+                with native.XnnFullyConnected(wc, bc, weight_kn=False, y_stride=n) as fc:
+                    del wc
+                    fc.run(a2d, y, n0, pool)
+            else:
+                np.matmul(a2d, wc.T, out=y[:, n0:n1])
+                if bc is not None:
+                    y[:, n0:n1] += bc
+        return y
+    part = None
+    for k0, k1 in w.row_chunks():
+        wc = w.rows(k0, k1)
+        if k0 == 0:
+            dest = y
+        else:
+            dest = part = np.empty_like(y) if part is None else part
+        if kernel == "xnnpack":
+            with native.XnnFullyConnected(wc, None, weight_kn=True) as fc:
+                del wc
+                fc.run(np.ascontiguousarray(a2d[:, k0:k1]), dest, 0, pool)
+        else:
+            np.matmul(a2d[:, k0:k1], wc, out=dest)
+        if dest is not y:
+            y += dest
+    if bias is not None:
+        y += bias
+    return y
+
+
 def _cached_fc(op_name, a, prepared, pool):
     """Run a cached operator (its weight was not fetched this run)."""
     if a.ndim < 1 or a.shape[-1] != prepared.k or a.dtype != prepared.dtype:
@@ -261,9 +338,15 @@ def _linear(op_name, a, w, bias, weight_kn, ctx, numpy_fn, cache=None, covers=(1
     m = a.size // k
     pool = ctx.pool
     nbytes = w.nbytes + (0 if bias is None else bias.nbytes)
-    cacheable = cache is not None and cache.has_room(nbytes)
+    chunked = isinstance(w, WeightRef)
+    cacheable = cache is not None and not chunked and cache.has_room(nbytes)
     key = (op_name, a.dtype.name, m, k, n, bool(weight_kn), bias is not None, pool.threads,
            "cached" if cacheable else "streamed")
+    if chunked:     # same key: chunking changes where the weight lives, not which kernel wins
+        a2d = a.reshape(m, k)
+        return kernel_choice.run_chosen(key, {
+            name: (lambda name=name: fc_chunked(a2d, w, bias, weight_kn, name, pool).reshape(a.shape[:-1] + (n,)))
+            for name in ("xnnpack", "blas")}, measure=ctx.measure_kernels, default=ctx.default_kernel)
     choice = kernel_choice.lookup(key)
     prepared = None
     if cacheable and (choice == "xnnpack" or (choice is None and (ctx.measure_kernels or ctx.default_kernel == "xnnpack"))):
@@ -286,11 +369,11 @@ def _linear(op_name, a, w, bias, weight_kn, ctx, numpy_fn, cache=None, covers=(1
 
 
 @op("MatMul", since=1, backend="native")
-def MatMul(a, b, *, _ctx, _cache=None):
+def MatMul(a, b, *, _ctx, _cache=None, _weight_refs=(1,)):
     if _cache is not None and _cache.entry is not None:
         return _cached_fc("MatMul", a, _cache.entry, _ctx.pool)
     if a.ndim < 2 or b.ndim != 2 or a.shape[-1] != b.shape[0] or not _same_float(a, b) or a.size == 0 or b.size == 0:
-        return numpy_matmul(a, b)
+        return numpy_matmul(a, materialize(b))
     return _linear("MatMul", a, b, None, True, _ctx, lambda: matmul(a, b), _cache)
 
 
@@ -312,16 +395,18 @@ def _gemm(a, b, c, alpha, beta, transA, transB, ctx, numpy_fn, cache=None):
 
 
 @op("Gemm", since=7, backend="native")
-def Gemm7(a, b, c, *, alpha=1.0, beta=1.0, transA=0, transB=0, _ctx, _cache=None):
+def Gemm7(a, b, c, *, alpha=1.0, beta=1.0, transA=0, transB=0, _ctx, _cache=None, _weight_refs=(1,)):
     if _cache is not None and _cache.entry is not None:
         return _cached_fc("Gemm", a, _cache.entry, _ctx.pool)
     return _gemm(a, b, c, alpha, beta, transA, transB, _ctx,
-                 lambda: numpy_gemm7(a, b, c, alpha=alpha, beta=beta, transA=transA, transB=transB), _cache)
+                 lambda: numpy_gemm7(a, materialize(b), c, alpha=alpha, beta=beta, transA=transA, transB=transB),
+                 _cache)
 
 
 @op("Gemm", since=11, backend="native")
-def Gemm11(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, _ctx, _cache=None):
+def Gemm11(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, _ctx, _cache=None, _weight_refs=(1,)):
     if _cache is not None and _cache.entry is not None:
         return _cached_fc("Gemm", a, _cache.entry, _ctx.pool)
     return _gemm(a, b, c, alpha, beta, transA, transB, _ctx,
-                 lambda: numpy_gemm11(a, b, c, alpha=alpha, beta=beta, transA=transA, transB=transB), _cache)
+                 lambda: numpy_gemm11(a, materialize(b), c, alpha=alpha, beta=beta, transA=transA, transB=transB),
+                 _cache)
