@@ -1,7 +1,7 @@
 /* Flash attention: softmax(Q·Kᵀ·scale + mask)·V without the score matrix.
  *
- * Per (head, block of FLASH_BR query rows) one pool task walks the keys in blocks of
- * FLASH_BC: S = Q_blk·Kᵀ_blk, an online softmax (running max and sum per query row; the
+ * Per (head, block of 64 query rows) one task walks the keys in blocks of 64:
+ * S = Q_blk·Kᵀ_blk, an online softmax (running max and sum per query row; the
  * accumulated output is rescaled by exp(old max - new max) when the max grows), O += P·V_blk,
  * and O / sum at the end. Scratch is one tile set per thread (the packed Q, Kᵀ and V tiles,
  * the score tile and the output accumulator: ~60 KiB at d = 40), whatever the sequence

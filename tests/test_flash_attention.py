@@ -206,7 +206,7 @@ def test_auto_measures_and_remembers(monkeypatch):
     c = NativeContext(osp.RunOptions(backend="native", threads=2, kernel_choice="measure"))
     try:
         q, kt, v = _inputs(2, 67, 130, 19, 13)
-        got = na.SlicedAttention(q, kt, v, _ctx=c)
+        got = na.SlicedAttention(q, kt, v, attention="auto", _ctx=c)
         _close(got, reference(q, kt, v))
         (entry,) = [e for e in kernel_choice.table() if e["key"][0] == "SlicedAttention"]
         assert entry["choice"] in ("flash", "sliced") and set(entry["seconds"]) == {"flash", "sliced"}
@@ -232,7 +232,7 @@ def test_forced_choice_of_another_op_falls_back_to_the_default():
         kernel_choice.clear()
 
 
-@pytest.mark.parametrize("attention", ["flash", "sliced"])
+@pytest.mark.parametrize("attention", ["flash", "sliced", "auto"])
 @pytest.mark.parametrize("scale_op,mask", [("Mul", False), ("Div", True)])
 def test_model_matches_onnxruntime(tmp_path, attention, scale_op, mask):
     m, n, d = 77, 130, 40

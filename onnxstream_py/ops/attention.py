@@ -32,7 +32,7 @@ def _softmax_last_inplace(s: np.ndarray) -> None:
 
 @op("SlicedAttention", domain=DOMAIN)
 def SlicedAttention(q, kt, v, scale=None, mask=None, *, scale_op="", slices=0, slice_bytes=16 << 20,
-                    attention="auto"):
+                    attention="sliced"):
     """q [..., M, d], kt [..., d, N], v [..., N, dv] -> [..., M, dv] (numpy matmul broadcasting).
 
     scale: scalar applied to the scores by ``scale_op`` ("mul" or "div"); mask: broadcastable
