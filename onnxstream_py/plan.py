@@ -445,8 +445,8 @@ def fuse_gelu(graph: Graph, nodes: list[Node], gelu_mul: bool = True) -> tuple[l
 
     Constants must have those values (to 1e-6 relative; 1, 0.5 and 3 exactly) and every
     intermediate must be private. With ``gelu_mul``, a Gelu whose only reader is a Mul with
-    another tensor (the SD UNet's GEGLU, h * gelu(gate)) becomes onnxstream:GeluMul.
-    Returns (nodes, Gelu count, GeluMul count).
+    another tensor (the SD UNet's GEGLU, h * gelu(gate)) becomes onnxstream:GeluMul, and so
+    does the Gelu op (opset 20) in that position. Returns (nodes, Gelu count, GeluMul count).
     """
     ix = _ChainIndex(graph, nodes)
     removed: set[int] = set()
@@ -522,9 +522,16 @@ def fuse_gelu(graph: Graph, nodes: list[Node], gelu_mul: bool = True) -> tuple[l
         removed.update(chain)
         replace[ix.producer[out]] = fused
     n_gelu = len(replace)
-    n_mul = 0
+    n_mul = n_standard = 0
     if gelu_mul:
-        for last, g in list(replace.items()):
+        # the chains fused above, and the Gelu op itself (opset 20) with an approximate we run
+        sources = list(replace.items()) + [
+            (i, Node("Gelu", n.name, list(n.inputs), list(n.outputs), {"approximate": n.attrs.get("approximate", "none"),
+                                                                       "const_rank": 0}, FUSED_DOMAIN))
+            for i, n in enumerate(nodes)
+            if n.op_type == "Gelu" and n.domain == "" and i not in removed and len(n.inputs) == 1
+            and n.attrs.get("approximate", "none") in ("none", "tanh")]
+        for last, g in sources:
             out = g.outputs[0]
             mi = ix.user(out, "Mul")
             m = None if mi is None else ix.other(mi, out)
@@ -532,10 +539,10 @@ def fuse_gelu(graph: Graph, nodes: list[Node], gelu_mul: bool = True) -> tuple[l
                 continue
             replace[mi] = Node("GeluMul", nodes[mi].name + "/gelu_mul", [g.inputs[0], m], list(nodes[mi].outputs),
                                dict(g.attrs), FUSED_DOMAIN)
-            del replace[last]
+            n_standard += replace.pop(last, None) is None
             removed.update([last, mi])
             n_mul += 1
-    return _replace_chains(nodes, removed, replace), n_gelu - n_mul, n_mul
+    return _replace_chains(nodes, removed, replace), n_gelu - (n_mul - n_standard), n_mul
 
 
 def fuse_silu(graph: Graph, nodes: list[Node]) -> tuple[list[Node], int]:

@@ -454,3 +454,17 @@ def test_silu_after_a_plan_group_norm_is_left_to_it(tmp_path, affine):
     nodes += [Node(n.op_type, n.name, [src if v == "x" else v for v in n.inputs], n.outputs, n.attrs)
               for n in g.nodes]
     assert plan_mod.fuse_silu(g, nodes)[1] == 0
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_op_times_tensor_becomes_gelu_mul(tmp_path, monkeypatch, backend, approximate):
+    """Opset 20's Gelu op whose only reader is a Mul with another tensor: GeluMul too."""
+    c = 13
+    inits = [_i64("s0", [0]), _i64("sc", [c]), _i64("s2c", [2 * c]), _i64("ax", [-1])]
+    nodes = [helper.make_node("Slice", ["p", "s0", "sc", "ax"], ["h"]),
+             helper.make_node("Slice", ["p", "sc", "s2c", "ax"], ["x"]),
+             helper.make_node("Gelu", ["x"], ["g"], approximate=approximate),
+             helper.make_node("Mul", ["g", "h"], ["y"])]
+    model = mb.make_model(nodes, [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["B", "T", 2 * c])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits, opset=20)
+    _check_graph(tmp_path, monkeypatch, backend, model, {"p": _rand((2, 7, 2 * c), 1, scale=2.5)}, {"GeluMul": 1})
