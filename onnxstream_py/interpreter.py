@@ -61,6 +61,25 @@ def _donation(step: Step, args: list, env: dict) -> np.ndarray | None:
     return best
 
 
+# activation_storage="fp16": below this a tensor is not worth two conversions.
+NARROW_MIN_BYTES = 1 << 16
+
+
+def _convert(a: np.ndarray, dtype, ctx) -> np.ndarray:
+    """a as ``dtype`` (float16 <-> float32), keeping a channels-last layout; on the native pool
+    when there is one (the native converters want contiguous memory: a channels-last array's
+    NHWC buffer is)."""
+    from .layout import is_nhwc, nhwc_buffer
+    nhwc = a.ndim == 4 and not a.flags.c_contiguous and is_nhwc(a)
+    buf = nhwc_buffer(a) if nhwc else np.ascontiguousarray(a)
+    if ctx is None:
+        out = buf.astype(dtype)
+    else:
+        from . import native
+        out = (native.f32_to_f16 if dtype == np.float16 else native.f16_to_f32)(buf, pool=ctx.pool)
+    return out.transpose(0, 3, 1, 2) if nhwc else out
+
+
 def _describe(a) -> str:
     if a is None:
         return "-"
@@ -150,6 +169,7 @@ class Interpreter:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         graph, provider = self.graph, self.provider
         env: dict[str, np.ndarray] = {k: _read_only(v) for k, v in feeds.items()}
+        narrowed: set[str] = set()      # names stored as float16 until their next reader
         consts = graph.consts
         level = debug_level()
         total = len(self.plan.steps)
@@ -159,6 +179,10 @@ class Interpreter:
             slot = self._slots.get(i)
             from_cache = slot is not None and slot.entry is not None   # weights not needed
             chunked = self._chunked.get(i, ())
+            for name in step.widen_before:
+                if name in narrowed:
+                    narrowed.discard(name)
+                    env[name] = _convert(env[name], np.float32, self.ctx)
             args = []
             for j, name in enumerate(node.inputs):
                 if not name:
@@ -201,6 +225,15 @@ class Interpreter:
                 for j in step.weight_inputs:
                     (provider.drop if kept else provider.release)(node.inputs[j])
             del args, result
+            for name in step.narrow_after:
+                a = env.get(name)
+                # an alias of another live value (a view) would be copied, not freed: left alone
+                if (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.nbytes >= NARROW_MIN_BYTES
+                        and name not in step.free_after
+                        and not any(n != name and np.may_share_memory(a, o) for n, o in env.items())):
+                    env[name] = _convert(a, np.float16, self.ctx)
+                    narrowed.add(name)
+                del a
             if level:
                 line = f"[{i + 1}/{total}] {node.op_type} {node.name}"
                 if level >= 2:

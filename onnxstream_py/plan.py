@@ -30,6 +30,8 @@ class Step:
     row_gather: bool = False              # Gather rows of a weight table: fetch only those rows
     free_after: tuple[str, ...] = ()      # intermediates whose last use is this step
     donors: tuple[int, ...] = ()          # inputs dying here whose buffer the op may write into
+    narrow_after: tuple[str, ...] = ()    # activation_storage="fp16": store these as float16 after this step
+    widen_before: tuple[str, ...] = ()    # ... and back to float32 before this one (a reader)
 
 
 @dataclass
@@ -592,6 +594,45 @@ def fuse_silu(graph: Graph, nodes: list[Node]) -> tuple[list[Node], int]:
     return _replace_chains(nodes, removed, replace), len(replace)
 
 
+# A value whose next reader is more than this many steps away is stored as float16 meanwhile
+# (activation_storage="fp16"). The SD 1.5 UNet's skip connections wait 300-2000 steps; the
+# residual around a transformer block ~40-60 (also worth it at 64x64: 5 MB each); a resnet's
+# shortcut ~10-20 (left alone: converting twice would cost more than it saves).
+FP16_STORAGE_MIN_GAP = 32
+
+
+def plan_activation_storage(graph: Graph, steps: list[Step], min_gap: int = FP16_STORAGE_MIN_GAP) -> int:
+    """Mark intermediates to keep as float16 between two uses more than ``min_gap`` steps apart
+    (producer -> first reader, or reader -> next reader): ``narrow_after`` at the earlier step,
+    ``widen_before`` at the later one. The interpreter narrows only float32 arrays of at least
+    64 KiB, so dtypes and shapes unknown here are decided when it runs. Feeds and graph
+    outputs' final values are never narrowed (a feed is the caller's; an output is returned
+    after its last reader). Returns the number of narrowings planned."""
+    skip = set(graph.weights) | set(graph.consts) | {v.name for v in graph.inputs}
+    events: dict[str, list[int]] = {}
+    for i, step in enumerate(steps):
+        for o in step.node.outputs:
+            if o and o not in skip:
+                events.setdefault(o, []).append(i)
+    for i, step in enumerate(steps):
+        for name in dict.fromkeys(step.node.inputs):
+            if name in events and events[name][-1] != i:
+                events[name].append(i)
+    narrow: dict[int, list[str]] = {}
+    widen: dict[int, list[str]] = {}
+    count = 0
+    for name, at in events.items():
+        for a, b in zip(at, at[1:]):
+            if b - a > min_gap:
+                narrow.setdefault(a, []).append(name)
+                widen.setdefault(b, []).append(name)
+                count += 1
+    for i, step in enumerate(steps):
+        step.narrow_after = tuple(narrow.get(i, ()))
+        step.widen_before = tuple(widen.get(i, ()))
+    return count
+
+
 def build_plan(graph: Graph, options: RunOptions) -> Plan:
     if options.backend == "native":
         ops.load_native()
@@ -642,6 +683,9 @@ def build_plan(graph: Graph, options: RunOptions) -> Plan:
             dying = set(dead_at.get(i, ())) - fed
             names = step.node.inputs
             step.donors = tuple(j for j, n in enumerate(names) if n in dying and names.count(n) == 1)
+
+    if options.activation_storage == "fp16":
+        plan_activation_storage(graph, steps)
 
     order = [step.node.inputs[j] for step in steps for j in sorted(step.weight_inputs)
              if not (step.row_gather and j == 0)]
