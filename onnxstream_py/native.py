@@ -734,6 +734,8 @@ def row_matrix(what: str, name: str, a) -> tuple[np.ndarray, int, int, int]:
         raise ValueError(f"{what}: {name} must be a non-empty float32 array, got {desc}")
     cols = a.shape[-1]
     rows = a.size // cols
+    if a.flags.c_contiguous:
+        return a.reshape(-1), rows, cols, cols
     try:
         v = np.reshape(a, (rows, cols), copy=False)
     except ValueError:
