@@ -1,16 +1,22 @@
 """Winograd 3x3 convolution vs the other Conv kernels on the SD VAE decoder's and UNet's shapes.
 
-    python scripts/bench_winograd.py [--threads 2] [--repeats 3] [--only vae|unet] [--no-ort]
+    python scripts/bench_winograd.py [--threads 2] [--repeats 3] [--only vae|unet] [--no-ort] [--no-blas]
+    python scripts/bench_winograd.py --vae-total [--no-ort]
 
 Per shape (3x3, stride 1, pad 1, batch 1, float32), back-to-back in one process, best of
 ``--repeats``: Winograd F(4x4) and F(2x2) with the GEMMs on numpy's BLAS ("f4 blas") or on
 XNNPACK fully-connected operators ("f4 xnn") (prepared: the weight transform and packing
 excluded, as the operator cache keeps them; "f4 xnn streamed" includes them, in
 WEIGHT_BLOCK_BYTES blocks), XNNPACK's
-convolution (native.XnnConv2d on NHWC, packing excluded), BLAS im2col (ops/conv.py conv_nd,
+convolution (native.XnnConv2d on NHWC, packing excluded; every kernel allocates its output
+per run, as in the engine), BLAS im2col (ops/conv.py conv_nd,
 NCHW) and onnxruntime's Conv (a single-node model, intra-op threads = --threads). Prints ms and
 effective GFLOP/s = direct-convolution FLOPs (2 * N * OH * OW * Cout * Cin * 9) / time, and
 the Winograd outputs' error against XNNPACK's (max abs / max |ref|).
+
+--vae-total: every 3x3 convolution of the SD 1.5 VAE decoder (latent 64x64 -> 512x512 image;
+VAE_DECODER_3X3 with counts), each kernel's best time per shape times its count, summed: the
+"3x3 convolutions together" figure of the Winograd bar (Winograd vs the direct path).
 """
 import onnxstream_py  # noqa: F401  first, so OpenBLAS's spin timeout applies (see its __init__)
 
@@ -30,6 +36,10 @@ VAE = [("vae 512@64", 512, 512, 64), ("vae 512@128", 512, 512, 128), ("vae 512->
        ("vae 256@256", 256, 256, 256), ("vae 128@512", 128, 128, 512)]
 UNET = [("unet 320@64", 320, 320, 64), ("unet 640@32", 640, 640, 32), ("unet 1280@16", 1280, 1280, 16)]
 PADS = [1, 1, 1, 1]
+# (Cin, Cout, H = W, how many) of the SD 1.5 VAE decoder's 3x3 stride-1 convolutions (44 of 48 Convs)
+VAE_DECODER_3X3 = [(4, 512, 64, 1), (512, 512, 64, 10), (512, 512, 128, 7), (512, 512, 256, 1),
+                   (512, 256, 256, 1), (256, 256, 256, 4), (256, 256, 512, 1), (256, 128, 512, 1),
+                   (128, 128, 512, 5), (128, 3, 512, 1)]
 
 
 def best_ms(f, repeats: int) -> float:
@@ -65,6 +75,46 @@ def ort_conv(x, w, b, threads):
     return lambda: sess.run(None, {"x": x})[0]
 
 
+def vae_total(args, pool) -> int:
+    rng = np.random.default_rng(0)
+    names = ["f4 xnn", "f2 xnn", "f4 blas", "xnnpack", "ort"]
+    total = dict.fromkeys(names, 0.0)
+    print(f"{'Cin->Cout@HW x n':22s} " + " ".join(f"{k:>9s}" for k in names) + "   (ms per conv, best of "
+          f"{args.repeats}, {args.threads} threads)")
+    for cin, cout, hw, count in VAE_DECODER_3X3:
+        x = rng.standard_normal((1, cin, hw, hw), dtype=np.float32)
+        w = (rng.standard_normal((cout, cin, 3, 3), dtype=np.float32) / np.sqrt(9 * cin)).astype(np.float32)
+        b = rng.standard_normal(cout, dtype=np.float32) * 0.1
+        x_nhwc = as_nhwc(x)
+        x_cl = x_nhwc.transpose(0, 3, 1, 2)
+        prep = {"f4 xnn": PreparedWinograd(w, b, "f4", pool, "xnnpack"),
+                "f2 xnn": PreparedWinograd(w, b, "f2", pool, "xnnpack"),
+                "f4 blas": PreparedWinograd(w, b, "f4", pool, "blas")}
+        xnn = native.XnnConv2d(w, b, pads=PADS)
+        y_shape = (1, hw, hw, cout)   # a fresh output per run, as the engine's Conv allocates
+        runs = {**{k: (lambda p=p: conv2d_winograd(x_cl, None, None, PADS, pool, prepared=p)) for k, p in prep.items()},
+                "xnnpack": lambda: xnn.run(native.xnn_readable(x_nhwc), native.xnn_empty(y_shape, np.float32), 0, pool),
+                "ort": None if args.no_ort else ort_conv(x, w, b, args.threads)}
+        cells = []
+        for k in names:
+            if runs[k] is None:
+                cells.append(f"{'-':>9s}")
+                continue
+            runs[k]()
+            ms = best_ms(runs[k], args.repeats)
+            total[k] += ms * count
+            cells.append(f"{ms:9.1f}")
+        print(f"{f'{cin}->{cout}@{hw} x {count}':22s} " + " ".join(cells), flush=True)
+        runs.clear()
+        xnn.close()
+        for p in prep.values():
+            p.close()
+    print(f"{'total ms':22s} " + " ".join(f"{total[k]:9.0f}" for k in names))
+    print(f"{'xnnpack / kernel':22s} " + " ".join(f"{total['xnnpack'] / total[k]:9.2f}" if total[k] else f"{'-':>9s}"
+                                                for k in names))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -72,7 +122,10 @@ def main() -> int:
     ap.add_argument("--only", choices=("vae", "unet"))
     ap.add_argument("--no-ort", action="store_true")
     ap.add_argument("--no-blas", action="store_true", help="skip the (slow) BLAS im2col path")
+    ap.add_argument("--vae-total", action="store_true", help="sum over the VAE decoder's 3x3 convolutions")
     args = ap.parse_args()
+    if args.vae_total:
+        return vae_total(args, native.ThreadPool(args.threads))
     shapes = {"vae": VAE, "unet": UNET, None: VAE + UNET}[args.only]
     pool = native.ThreadPool(args.threads)
     rng = np.random.default_rng(0)
@@ -89,11 +142,11 @@ def main() -> int:
         prep = {f"{v} {g}": PreparedWinograd(w, b, v, pool, gemm)
                 for v in ("f4", "f2") for g, gemm in (("blas", "blas"), ("xnn", "xnnpack"))}
         xnn = native.XnnConv2d(w, b, pads=PADS)
-        y_x = native.xnn_empty((1, hw, hw, cout), np.float32)
+        y_shape = (1, hw, hw, cout)   # a fresh output per run, as the engine's Conv allocates
         runs = {
             **{k: (lambda p=p: conv2d_winograd(x_cl, None, None, PADS, pool, prepared=p)) for k, p in prep.items()},
             "f4 xnn streamed": lambda: conv2d_winograd(x_cl, w, b, PADS, pool, "f4", gemm="xnnpack"),
-            "xnnpack": lambda: xnn.run(native.xnn_readable(x_nhwc), y_x, 0, pool),
+            "xnnpack": lambda: xnn.run(native.xnn_readable(x_nhwc), native.xnn_empty(y_shape, np.float32), 0, pool),
             "blas": None if args.no_blas else lambda: conv_nd(x, w, b, None, PADS),
             "ort": None if args.no_ort else ort_conv(x, w, b, args.threads),
         }
