@@ -1,5 +1,7 @@
 /* Winograd F(4x4,3x3) / F(2x2,3x3) transforms (see osn_k_winograd.h). */
+#include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "osn_k_winograd.h"
@@ -250,5 +252,68 @@ int osn_winograd_output_f32(osn_pool* pool, float* y, int64_t sn, int64_t sc, in
     struct output_ctx ctx = {y, sn, sc, sh, sw, mm, bias, cols, co_offset, out_h, out_w, tiles_h, tiles_w,
                              tile_begin, tile_count, m, m + 2};
     pthreadpool_parallelize_1d(osn_pool_handle(pool), output_task, &ctx, tile_count, OSN_PARALLEL_FLAGS);
+    return 0;
+}
+
+/* ---- the GEMMs on XNNPACK ---- */
+
+#define MAX_POSITIONS (MAX_ALPHA * MAX_ALPHA)
+
+struct osn_winograd_gemm {
+    xnn_operator_t ops[MAX_POSITIONS];
+    size_t positions, cout, cin;
+};
+
+void osn_winograd_gemm_delete(osn_winograd_gemm* g) {
+    if (g == NULL) return;
+    for (size_t e = 0; e < g->positions; e++)
+        if (g->ops[e] != NULL) xnn_delete_operator(g->ops[e]);
+    free(g);
+}
+
+int osn_winograd_gemm_create(osn_winograd_gemm** out, const float* u, size_t positions, size_t cout, size_t cin) {
+    if (!out || !u || positions == 0 || positions > MAX_POSITIONS || cout == 0 || cin == 0)
+        return OSN_E_INVALID_ARGUMENT;
+    *out = NULL;
+    osn_winograd_gemm* g = calloc(1, sizeof *g);
+    if (g == NULL) return OSN_E_OUT_OF_MEMORY;
+    g->positions = positions;
+    g->cout = cout;
+    g->cin = cin;
+    for (size_t e = 0; e < positions; e++) {
+        const enum xnn_status st = xnn_create_fully_connected_nc_f32(
+            cin, cout, cin, cout, u + e * cout * cin, NULL, -INFINITY, INFINITY, OSN_XNN_FLAGS, &g->ops[e]);
+        if (st != xnn_status_success) {
+            osn_winograd_gemm_delete(g);
+            return (int)st;
+        }
+    }
+    *out = g;
+    return 0;
+}
+
+struct gemm_ctx {
+    osn_winograd_gemm* g;
+    float* mm;
+    const float* v;
+    size_t rows;
+    int status[MAX_POSITIONS];
+};
+
+static void gemm_task(void* arg, size_t e) {
+    struct gemm_ctx* c = arg;
+    const osn_winograd_gemm* g = c->g;
+    enum xnn_status st = xnn_setup_fully_connected_nc_f32(g->ops[e], c->rows, c->v + e * c->rows * g->cin,
+                                                          c->mm + e * c->rows * g->cout, NULL);
+    if (st == xnn_status_success) st = xnn_run_operator(g->ops[e], NULL);
+    c->status[e] = (int)st;
+}
+
+int osn_winograd_gemm_run(osn_winograd_gemm* g, osn_pool* pool, float* mm, const float* v, size_t rows) {
+    if (!g || !mm || !v || rows == 0) return OSN_E_INVALID_ARGUMENT;
+    struct gemm_ctx c = {g, mm, v, rows, {0}};
+    pthreadpool_parallelize_1d(osn_pool_handle(pool), gemm_task, &c, g->positions, OSN_PARALLEL_FLAGS);
+    for (size_t e = 0; e < g->positions; e++)
+        if (c.status[e] != 0) return c.status[e];
     return 0;
 }

@@ -63,6 +63,29 @@ int osn_winograd_output_f32(
     size_t tiles_h, size_t tiles_w,
     size_t tile_begin, size_t tile_count,
     int m);                      /* 4 or 2 */
+
+/* The alpha^2 GEMMs mm[e] = v[e] @ u[e]^T as XNNPACK fully-connected operators, one per position
+ * e (u[e] packed at creation; the caller's u may be freed after). A run is ONE parallel pass
+ * over the positions, each operator running single-threaded on the thread that takes it: the
+ * GEMMs are independent and alpha^2 (16 or 36) splits evenly over 2 or 4 threads, so there is
+ * one hand-off per chunk instead of one per GEMM. */
+typedef struct osn_winograd_gemm osn_winograd_gemm;
+
+int osn_winograd_gemm_create(
+    osn_winograd_gemm** gemm_out,  /* the created object */
+    const float* u,              /* [positions, cout, cin] transformed weight */
+    size_t positions,            /* alpha^2: 36 or 16 */
+    size_t cout,
+    size_t cin);
+
+int osn_winograd_gemm_run(
+    osn_winograd_gemm* gemm,
+    osn_pool* pool,              /* threads to use (NULL: the calling thread) */
+    float* mm,                   /* [positions, rows, cout] output */
+    const float* v,              /* [positions, rows, cin] input, followed by 16 readable bytes */
+    size_t rows);                /* tiles of this chunk */
+
+void osn_winograd_gemm_delete(osn_winograd_gemm* gemm);
 /* CDEF END */
 
 #endif

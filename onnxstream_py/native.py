@@ -880,6 +880,42 @@ def winograd_output_f32(y: np.ndarray, mm: np.ndarray, bias: np.ndarray | None, 
     return y
 
 
+class WinogradGemm(_OwnedOperator):
+    """The alpha^2 GEMMs M[e] = V[e] @ U[e]^T of a Winograd convolution on XNNPACK
+    fully-connected operators (U[e] packed at creation; u may be freed after), run as one
+    parallel pass over the positions e, each GEMM single-threaded (osn_k_winograd.h)."""
+
+    def __init__(self, u: np.ndarray):
+        what = f"Winograd GEMMs (XNNPACK) U {getattr(u, 'shape', '?')}"
+        _need(what, u, "U", (np.float32,))
+        if u.ndim != 3 or u.shape[0] not in (16, 36) or 0 in u.shape:
+            raise ValueError(f"{what}: U must be [16 or 36, Cout, Cin]")
+        self.positions, self.cout, self.cin = (int(d) for d in u.shape)
+        self._what = what
+        h = ffi.new("osn_winograd_gemm **")
+        _check(lib.osn_winograd_gemm_create(h, ptr(u, "float *"), self.positions, self.cout, self.cin), what)
+        self._op = h[0]
+
+    def run(self, v: np.ndarray, mm: np.ndarray, pool: ThreadPool | None = None) -> np.ndarray:
+        """mm [positions, rows, Cout] = the GEMMs of v [positions, rows, Cin]."""
+        if self._op is None:
+            raise NativeError(f"{self._what}: used after close()")
+        _need(self._what, v, "V", (np.float32,))
+        _need(self._what, mm, "M", (np.float32,))
+        rows = v.shape[1] if v.ndim == 3 else 0
+        if (v.shape != (self.positions, rows, self.cin) or mm.shape != (self.positions, rows, self.cout)
+                or rows == 0 or not mm.flags.writeable or np.may_share_memory(v, mm)):
+            raise ValueError(f"{self._what}: V {v.shape} and M {mm.shape} must be [{self.positions}, rows >= 1, "
+                             f"{self.cin}] and a separate writeable [{self.positions}, rows, {self.cout}]")
+        v = xnn_readable(v)
+        _check(lib.osn_winograd_gemm_run(self._op, _pool_ptr(pool), out_ptr(mm, "float *"), ptr(v, "float *"), rows),
+               f"{self._what} V {list(v.shape)}")
+        return mm
+
+    def _free(self, handle) -> None:
+        lib.osn_winograd_gemm_delete(handle)
+
+
 # ---- flash attention ----
 # Wrapper of native/osn_k_flash.h: softmax(Q·Kᵀ·scale + mask)·V tiled with an online softmax
 # (ops/native_attention.py, RunOptions.attention). Inputs are strided views: no copies.

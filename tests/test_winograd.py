@@ -111,6 +111,26 @@ def test_matrices_compute_a_correlation(m):
     np.testing.assert_allclose(y, direct, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("positions", [36, 16])
+def test_xnnpack_gemms_match_numpy(pool, positions):
+    rng = np.random.default_rng(8)
+    u = rng.standard_normal((positions, 19, 127)).astype(np.float32)
+    v = native.xnn_empty((positions, 13, 127), np.float32)
+    v[...] = rng.standard_normal(v.shape)
+    mm = np.empty((positions, 13, 19), np.float32)
+    with native.WinogradGemm(u) as g:
+        g.run(v, mm, pool)
+        np.testing.assert_allclose(mm, np.matmul(v, u.transpose(0, 2, 1)), rtol=1e-5, atol=1e-4)
+        with pytest.raises(ValueError, match="must be"):
+            g.run(v[:, :, :100].copy(), mm, pool)
+        with pytest.raises(ValueError, match="must be"):
+            g.run(v, mm[:, :5], pool)
+    with pytest.raises(native.NativeError, match="after close"):
+        g.run(v, mm, pool)
+    with pytest.raises(ValueError, match="16 or 36"):
+        native.WinogradGemm(u[:5])
+
+
 def test_native_matches_twin(pool):
     """Same transforms and float32 rounding points (summation orders differ: BLAS, einsum)."""
     x, wt, b = _case(1, 127, 19, 13, 14, seed=2)

@@ -12,8 +12,11 @@ never exists in full in transformed form (each block re-transforms the input, a 
 Per chunk of tiles (scratch bounded by CHUNK_BYTES): the C kernels transform the input tiles
 to V [alpha^2, tiles, Cin] (native/osn_k_winograd.c, reading NCHW or channels-last in place),
 the alpha^2 GEMMs V[e] @ U[e]^T run into M [alpha^2, tiles, Cout] as one stacked np.matmul
-(numpy's BLAS, gemm="blas") or as alpha^2 XNNPACK fully-connected operators on the engine's
-pool (gemm="xnnpack": no hand-off between two thread pools), and the output transform writes A^T M A + bias into the output, in the
+(numpy's BLAS, gemm="blas") or as alpha^2 XNNPACK fully-connected operators, each
+single-threaded, spread over the engine's pool in one pass (gemm="xnnpack", the default: one
+hand-off per chunk instead of one per GEMM, and no second thread pool; measured 1.3-1.9x
+faster than the same operators each parallelised, and far steadier than OpenBLAS under
+load), and the output transform writes A^T M A + bias into the output, in the
 input's layout. The numpy twin (``*_ref``) spells the same transforms in a few lines.
 Reference: Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", arXiv 1509.09308.
 """
@@ -103,33 +106,10 @@ def conv2d_winograd_ref(x: np.ndarray, w: np.ndarray, b, pads, variant: str = "f
 GEMMS = ("blas", "xnnpack")
 
 
-class _XnnGemms:
-    """The alpha^2 GEMMs as XNNPACK fully-connected operators, one per transform position e
-    (weight U[e] [cols, Cin], packed at creation), run on the engine's thread pool."""
-
-    def __init__(self, u: np.ndarray):
-        self.fcs = []
-        try:
-            for e in range(u.shape[0]):
-                self.fcs.append(native.XnnFullyConnected(u[e], None, weight_kn=False))
-        except BaseException:
-            self.close()
-            raise
-
-    def run(self, v: np.ndarray, mm: np.ndarray, pool) -> None:
-        for e, fc in enumerate(self.fcs):
-            fc.run(v[e], mm[e], 0, pool)
-
-    def close(self) -> None:
-        for fc in self.fcs:
-            fc.close()
-        self.fcs = []
-
-
 class PreparedWinograd:
     """The transformed weight U [alpha^2, Cout, Cin] (and bias) of one Conv: what the operator
     cache keeps across runs. With gemm="xnnpack" it holds XNNPACK's packed copies of U (one
-    fully-connected operator per transform position) instead of U. ``nbytes`` counts the
+    fully-connected operator per transform position: native.WinogradGemm) instead of U. ``nbytes`` counts the
     weight (U or its packed copies, about the same size) and the bias."""
 
     def __init__(self, w: np.ndarray, b: np.ndarray | None, variant: str = "f4", pool=None, gemm: str = "xnnpack"):
@@ -142,7 +122,7 @@ class PreparedWinograd:
         u = native.winograd_weight_f32(w, self.m, pool=pool)
         self.nbytes = u.nbytes
         self.u = u if gemm == "blas" else None
-        self.xnn = _XnnGemms(u) if gemm == "xnnpack" else None
+        self.xnn = native.WinogradGemm(u) if gemm == "xnnpack" else None
         self.bias = None if b is None else np.ascontiguousarray(b, dtype=np.float32)
         self.nbytes += 0 if self.bias is None else self.bias.nbytes
         self.closed = False
@@ -228,7 +208,7 @@ def conv2d_winograd(x, w, b, pads, pool=None, variant: str = "f4", prepared: Pre
             u = native.winograd_weight_f32(np.ascontiguousarray(w), m, c0, c1, pool=pool)
             bias = None if b is None else np.ascontiguousarray(b[c0:c1])
             if gemm == "xnnpack":
-                xnn, u = _XnnGemms(u), None
+                xnn, u = native.WinogradGemm(u), None
         try:
             ut = None if u is None else u.transpose(0, 2, 1)      # [alpha^2, Cin, cols]
             for t0 in range(0, total, chunk):
