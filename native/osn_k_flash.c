@@ -14,12 +14,12 @@
  * 30 ms against the sliced op's 38 ms (BLAS Q·Kᵀ 15.9 + exp 6.4 + BLAS P·V 16.1); the two
  * micro-kernels run at ~120 GFLOP/s, so the gain is the softmax on L1-resident tiles and
  * never writing the score block. Tile sizes are flat near the optimum (4096x4096x40 per
- * head: 64x64 30.9 ms, 128x128 29.9, 64 queries x 128 keys 31.1, 32x64 34.1, 64x32 33.8,
+ * head: 64x64 30.9 ms (30.3 with the scale in the Q·Kᵀ store), 128x128 29.9, 64 queries x 128 keys 31.1, 32x64 34.1, 64x32 33.8,
  * MR = 4 32.8); 64x64 keeps more tasks for small M. Reading Kᵀ in place instead of packing
  * it: 2x slower at N = 4096, whose 16 KiB row stride puts a tile's d rows in one L1 set.
  *
- * Numerics: q·k accumulates in float32 with fused multiply-adds (as BLAS does), then
- * * scale (+ mask); the exp is osn_k_attention.c's rr2-p5 polynomial (here with FMA); the
+ * Numerics: q·k accumulates in float32 with fused multiply-adds (as BLAS does), then is
+ * rounded * scale, then + mask (as the unfused graph's Mul and Add); the exp is osn_k_attention.c's rr2-p5 polynomial (here with FMA); the
  * differences from softmax-then-matmul are the rescaling by exp(old max - new max) and the
  * summation order: ~1e-6 relative at N = 4096.
  */
@@ -172,10 +172,12 @@ typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias));
  * vertical, with no horizontal reduction per row (on a 64-key row those cost as much as
  * the exps), and the sums keep their order without -ffast-math. */
 
-/* st[0 .. keys][0 .. BR] (rows BR apart) = kp[d][keys] (rows ldk apart)ᵀ · qt[d][BR] (rows BR
- * apart): MR keys x NR queries per micro-kernel; keys a multiple of MR. */
+/* st[0 .. keys][0 .. BR] (rows BR apart) = (kp[d][keys] (rows ldk apart)ᵀ · qt[d][BR] (rows BR
+ * apart)) * scale: MR keys x NR queries per micro-kernel; keys a multiple of MR. Scaling in the
+ * store rounds as the unfused graph's Mul and saves the softmax a pass over the tile. */
 OSN_SIMD_CLONES OSN_FMA static void qk_tile(float* restrict st, const float* restrict kp, size_t ldk,
-                                            const float* restrict qt, size_t d, size_t keys, size_t queries) {
+                                            const float* restrict qt, size_t d, size_t keys, size_t queries,
+                                            float scale) {
     for (size_t j = 0; j < keys; j += MR)
         for (size_t r = 0; r < queries; r += NR) {
             v16 acc[MR];
@@ -185,7 +187,7 @@ OSN_SIMD_CLONES OSN_FMA static void qk_tile(float* restrict st, const float* res
                 const float* restrict kr = kp + k * ldk + j;
                 for (int i = 0; i < MR; i++) acc[i] += kr[i] * qv;
             }
-            for (int i = 0; i < MR; i++) *(v16u*)(st + (j + i) * BR + r) = acc[i];
+            for (int i = 0; i < MR; i++) *(v16u*)(st + (j + i) * BR + r) = acc[i] * scale;
         }
 }
 
@@ -221,15 +223,15 @@ static inline float select_f32(int cond, float a, float b) {
     return bits_f32(select_u32(cond, f32_bits(a), f32_bits(b)));
 }
 
-/* The online softmax step of a key block, per query lane r < BR: t = st[j][r] * scale
- * (+ mask, for the first rows lanes) for keys j < keys (-inf where causal hides key c0 + j from query q0 + r);
+/* The online softmax step of a key block, per query lane r < BR: t = st[j][r] (scaled
+ * scores) (+ mask, for the first rows lanes) for keys j < keys (-inf where causal hides key c0 + j from query q0 + r);
  * m_new = max(m, max_j t); st = exp(t - m_new); l = l * alpha + sum_j st, alpha =
  * exp(m - m_new) (returned in alpha[r] for the output rescale). A lane that has seen no
  * finite score yet uses 0 as its max: its exps and alpha are 0, its l stays 0, and the
  * final 0/0 gives the unfused graph's NaN. */
 OSN_SIMD_CLONES OSN_FMA static void softmax_tile(float* restrict st, float* restrict m, float* restrict l,
                                                  float* restrict alpha, const float* restrict mask, ptrdiff_t mrs,
-                                         ptrdiff_t mcs, size_t keys, size_t rows, float scale, int causal, size_t c0,
+                                         ptrdiff_t mcs, size_t keys, size_t rows, int causal, size_t c0,
                                          size_t q0) {
     int32_t mk[BR];
     float sum[BR];
@@ -242,15 +244,11 @@ OSN_SIMD_CLONES OSN_FMA static void softmax_tile(float* restrict st, float* rest
          * gather of the mask per tile row instead was 2x slower with a 4096x4096 mask */
         for (size_t r = 0; r < rows; r++) {
             const float* mr = mask + (ptrdiff_t)r * mrs;
-            for (size_t j = 0; j < keys; j++) st[j * BR + r] = st[j * BR + r] * scale + mr[(ptrdiff_t)j * mcs];
+            for (size_t j = 0; j < keys; j++) st[j * BR + r] += mr[(ptrdiff_t)j * mcs];
         }
-        for (size_t j = 0; j < keys; j++)
-            for (size_t r = rows; r < BR; r++) st[j * BR + r] *= scale;   /* padding lanes, never output */
     }
     for (size_t j = 0; j < keys; j++) {
         float* restrict sj = st + j * BR;
-        if (mask == NULL)
-            for (size_t r = 0; r < BR; r++) sj[r] *= scale;
         if (causal)
             for (size_t r = 0; r < BR; r++) sj[r] = select_f32(c0 + j > q0 + r, -INFINITY, sj[r]);
         for (size_t r = 0; r < BR; r++) {
@@ -344,13 +342,13 @@ static void flash_block(struct flash_ctx* c, float* scratch, size_t h, size_t r0
         } else {
             pack(vp, dvp, bc, dvp, v->data, c->f16, voff, v->row_stride, v->col_stride, bc, dv);
         }
-        qk_tile(st, kb, ldk, qt, d, pbc, round_up(rows, NR));
+        qk_tile(st, kb, ldk, qt, d, pbc, round_up(rows, NR), c->scale);
         const float* mb = NULL;
         if (mask != NULL)
             mb = (const float*)mask->data + mask->head_offsets[h] + (ptrdiff_t)r0 * mask->row_stride
                  + (ptrdiff_t)c0 * mask->col_stride;
         softmax_tile(st, mrow, lrow, alpha, mb, mask ? mask->row_stride : 0, mask ? mask->col_stride : 0, bc,
-                     rows, c->scale, c->causal, c0, r0);
+                     rows, c->causal, c0, r0);
         for (size_t r = 0; r < rows; r += MR) pv_tile(o + r * dvp, alpha + r, st + r, vb, ldv, bc, dvp);
     }
     if (c->f16) {
