@@ -198,6 +198,7 @@ def conv2d_winograd(x, w, b, pads, pool=None, variant: str = "f4", prepared: Pre
     cols_max = max(c1 - c0 for c0, c1 in blocks)
     total = n * th * tw
     chunk = max(1, min(total, chunk_bytes // (alpha2 * (cin + cols_max) * 4)))
+    chunk = -(-total // -(-total // chunk))   # equal chunks: no short last one re-reading all of U
     v_buf = native.xnn_empty((alpha2 * chunk * cin,), np.float32)   # XNNPACK may read past a GEMM's rows
     m_buf = np.empty(alpha2 * chunk * cols_max, np.float32)
     for c0, c1 in blocks:
