@@ -1,9 +1,9 @@
 /* Flash attention (see osn_k_flash.h): tiled Q·Kᵀ, online softmax, P·V, in portable C.
  *
  * Vectorisation without intrinsics: both products are register-blocked micro-kernels over
- * fixed-size tiles whose accumulators are MR GCC/clang generic vectors of NR = 16 floats
- * (vector_size: one zmm on AVX-512, two ymm on AVX2, four NEON q registers), so the inner
- * loop is one vector load and MR broadcast-multiply-adds per step, whatever the target.
+ * fixed-size tiles whose accumulators are MR rows of 16 floats in GCC/clang generic vectors
+ * (MR and the vector width by the register file, see pick_kernels), so the inner loop is a
+ * row of vector loads and MR rows of broadcast-multiply-adds on every target.
  * Scores are kept transposed (keys x queries), so the online softmax is vertical: a running
  * max, sum and rescale factor per query lane, with no horizontal reduction per row.
  * Kᵀ tiles and Q are packed per thread (contiguous, zero-padded), which also absorbs any
@@ -12,16 +12,18 @@
  *
  * Measured on the 2-core AVX-512 EPYC (CPU time of one thread, one 4096x4096x40 head):
  * 30 ms against the sliced op's 38 ms (BLAS Q·Kᵀ 15.9 + exp 6.4 + BLAS P·V 16.1); the two
- * micro-kernels run at ~120 GFLOP/s, so the gain is the softmax on L1-resident tiles and
- * never writing the score block. Tile sizes are flat near the optimum (4096x4096x40 per
- * head: 64x64 30.9 ms (30.3 with the scale in the Q·Kᵀ store), 128x128 29.9, 64 queries x 128 keys 31.1, 32x64 34.1, 64x32 33.8,
- * MR = 4 32.8); 64x64 keeps more tasks for small M. Reading Kᵀ in place instead of packing
- * it: 2x slower at N = 4096, whose 16 KiB row stride puts a tile's d rows in one L1 set.
+ * micro-kernels run at ~100-115 GFLOP/s, near the core's FMA peak, so the gain is the
+ * softmax on L1-resident tiles and never writing a score block. Tile sizes are flat near
+ * the optimum (per head: 64x64 30.9 ms, 128x128 29.9, 64 queries x 128 keys 31.1, 32x64
+ * 34.1, 64x32 33.8); 64x64 keeps more tasks for small M. Reading Kᵀ in place instead of
+ * packing it: 2x slower at N = 4096, whose 16 KiB row stride puts a tile's d rows in one
+ * L1 set.
  *
  * Numerics: q·k accumulates in float32 with fused multiply-adds (as BLAS does), then is
- * rounded * scale, then + mask (as the unfused graph's Mul and Add); the exp is osn_k_attention.c's rr2-p5 polynomial (here with FMA); the
- * differences from softmax-then-matmul are the rescaling by exp(old max - new max) and the
- * summation order: ~1e-6 relative at N = 4096.
+ * rounded * scale, then + mask (as the unfused graph's Mul and Add); the exp is
+ * osn_k_attention.c's rr2-p5 polynomial (here with FMA); the differences from
+ * softmax-then-matmul are the rescaling by exp(old max - new max) and the summation order:
+ * ~1e-6 relative at N = 4096.
  */
 #include <math.h>
 #include <stdatomic.h>
@@ -49,12 +51,9 @@
 #define BR 64        /* query rows per task (and per Q tile), a multiple of NR */
 #endif
 #ifndef BC
-#define BC 64        /* keys per inner block (Kᵀ / V / score tile width), a multiple of MR */
+#define BC 64        /* keys per inner block (Kᵀ / V / score tile width), a multiple of 8 */
 #endif
-#ifndef MR
-#define MR 8         /* query rows per micro-kernel */
-#endif
-#define NR 16        /* output columns per micro-kernel */
+#define NR 16        /* lanes (queries of Q·Kᵀ, value columns of P·V) per micro-kernel */
 #define ALIGN 64
 
 static inline size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
@@ -159,64 +158,110 @@ static void pack(float* restrict dst, size_t ld, size_t prows, size_t pcols, con
 
 /* ------------------------------------------------------------------ micro-kernels */
 
-/* Vectors are GCC/clang generic vectors (vector_size): portable C that each target lowers
- * to its own registers (one zmm, two ymm, four xmm or four NEON q registers per 16 floats);
- * the *u types load and store at float alignment. */
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
+/* Vectors are GCC/clang generic vectors (vector_size): portable C that each target lowers to
+ * its own registers. Two widths: 8 floats (one ymm) for AVX2 and AVX-512, 4 floats (one xmm
+ * or NEON q register) elsewhere: GCC lowers a vector wider than the target's registers
+ * through the stack (64-byte vectors on AVX2: 7x slower; 32-byte on SSE2: 50x). The *u
+ * types load and store at float alignment. */
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias));
+typedef float v4 __attribute__((vector_size(16)));
+typedef float v4u __attribute__((vector_size(16), aligned(4), may_alias));
 
-/* Scores are kept transposed, st[key][query] (queries contiguous), so the online softmax
- * runs down the keys with one max, sum and rescale factor per query lane: every loop is
- * vertical, with no horizontal reduction per row (on a 64-key row those cost as much as
- * the exps), and the sums keep their order without -ffast-math. */
-
-/* st[0 .. keys][0 .. BR] (rows BR apart) = (kp[d][keys] (rows ldk apart)ᵀ · qt[d][BR] (rows BR
- * apart)) * scale: MR keys x NR queries per micro-kernel; keys a multiple of MR. Scaling in the
- * store rounds as the unfused graph's Mul and saves the softmax a pass over the tile. */
-OSN_SIMD_CLONES OSN_FMA static void qk_tile(float* restrict st, const float* restrict kp, size_t ldk,
-                                            const float* restrict qt, size_t d, size_t keys, size_t queries,
-                                            float scale) {
-    for (size_t j = 0; j < keys; j += MR)
-        for (size_t r = 0; r < queries; r += NR) {
-            v16 acc[MR];
-            for (int i = 0; i < MR; i++) acc[i] = (v16){0};
-            for (size_t k = 0; k < d; k++) {
-                const v16 qv = *(const v16u*)(qt + k * BR + r);
-                const float* restrict kr = kp + k * ldk + j;
-                for (int i = 0; i < MR; i++) acc[i] += kr[i] * qv;
-            }
-            for (int i = 0; i < MR; i++) *(v16u*)(st + (j + i) * BR + r) = acc[i] * scale;
-        }
+/* Micro-kernels per (vector width VW, rows MRK): MRK x NR/VW accumulators must fit the vector
+ * registers with room for the loads. AVX-512 (32 ymm) takes 8 rows of 2 ymm (4096x4096x40
+ * head: 30.7 ms, 33.3 with 4 rows); AVX2 (16 ymm) 4 (34.0 ms, 45.3 with 8, which spills);
+ * SSE (16 xmm) 2 rows of 4 xmm; NEON (32 q) 4 rows of 4 q.
+ *
+ * qk_tile_*: st[0 .. keys][0 .. BR] (rows BR apart) = (kp[d][keys] (rows ldk apart)ᵀ ·
+ * qt[d][BR] (rows BR apart)) * scale, MRK keys x NR queries per step; keys a multiple of MRK.
+ * Scaling in the store rounds as the unfused graph's Mul and saves the softmax a pass.
+ * pv_tile_*: o[MRK][dvp] (rows dvp apart) = o * alpha[r] + pt[keys][MRK]ᵀ (rows BR apart) ·
+ * vp[keys][dvp] (rows ldv apart); dvp a multiple of 8. */
+#define OSN_FLASH_KERNELS(NAME, VT, VTU, VW, MRK)                                                   \
+OSN_SIMD_CLONES OSN_FMA static void qk_tile_##NAME(float* restrict st, const float* restrict kp,    \
+                                                   size_t ldk, const float* restrict qt, size_t d,  \
+                                                   size_t keys, size_t queries, float scale) {      \
+    for (size_t j = 0; j < keys; j += MRK)                                                           \
+        for (size_t r = 0; r < queries; r += NR) {                                                   \
+            VT acc[MRK][NR / VW];                                                                    \
+            for (int i = 0; i < MRK; i++)                                                            \
+                for (int u = 0; u < NR / VW; u++) acc[i][u] = (VT){0};                               \
+            for (size_t k = 0; k < d; k++) {                                                         \
+                VT qv[NR / VW];                                                                      \
+                for (int u = 0; u < NR / VW; u++) qv[u] = *(const VTU*)(qt + k * BR + r + VW * u);   \
+                const float* restrict kr = kp + k * ldk + j;                                         \
+                for (int i = 0; i < MRK; i++)                                                        \
+                    for (int u = 0; u < NR / VW; u++) acc[i][u] += kr[i] * qv[u];                    \
+            }                                                                                        \
+            for (int i = 0; i < MRK; i++)                                                            \
+                for (int u = 0; u < NR / VW; u++)                                                    \
+                    *(VTU*)(st + (j + i) * BR + r + VW * u) = acc[i][u] * scale;                     \
+        }                                                                                            \
+}                                                                                                    \
+                                                                                                     \
+OSN_SIMD_CLONES OSN_FMA static void pv_tile_##NAME(float* restrict o, const float* restrict alpha,  \
+                                                   const float* restrict pt, const float* restrict vp, \
+                                                   size_t ldv, size_t keys, size_t dvp) {           \
+    size_t c = 0;                                                                                    \
+    for (; c + NR <= dvp; c += NR) {                                                                 \
+        VT acc[MRK][NR / VW];                                                                        \
+        for (int r = 0; r < MRK; r++)                                                                \
+            for (int u = 0; u < NR / VW; u++) acc[r][u] = *(const VTU*)(o + r * dvp + c + VW * u) * alpha[r]; \
+        for (size_t j = 0; j < keys; j++) {                                                          \
+            VT vv[NR / VW];                                                                          \
+            for (int u = 0; u < NR / VW; u++) vv[u] = *(const VTU*)(vp + j * ldv + c + VW * u);      \
+            const float* restrict pj = pt + j * BR;                                                  \
+            for (int r = 0; r < MRK; r++)                                                            \
+                for (int u = 0; u < NR / VW; u++) acc[r][u] += pj[r] * vv[u];                        \
+        }                                                                                            \
+        for (int r = 0; r < MRK; r++)                                                                \
+            for (int u = 0; u < NR / VW; u++) *(VTU*)(o + r * dvp + c + VW * u) = acc[r][u];         \
+    }                                                                                                \
+    for (; c < dvp; c += VW) { /* the tail, one vector at a time */                                  \
+        VT acc[MRK];                                                                                 \
+        for (int r = 0; r < MRK; r++) acc[r] = *(const VTU*)(o + r * dvp + c) * alpha[r];            \
+        for (size_t j = 0; j < keys; j++) {                                                          \
+            const VT vv = *(const VTU*)(vp + j * ldv + c);                                           \
+            const float* restrict pj = pt + j * BR;                                                  \
+            for (int r = 0; r < MRK; r++) acc[r] += pj[r] * vv;                                      \
+        }                                                                                            \
+        for (int r = 0; r < MRK; r++) *(VTU*)(o + r * dvp + c) = acc[r];                             \
+    }                                                                                                \
 }
 
-/* o[MR][dvp] (rows dvp apart) = o * alpha[r] + pt[keys][MR]ᵀ (rows BR apart) · vp[keys][dvp]
- * (rows ldv apart); dvp a multiple of NR / 2. */
-OSN_SIMD_CLONES OSN_FMA static void pv_tile(float* restrict o, const float* restrict alpha,
-                                            const float* restrict pt, const float* restrict vp, size_t ldv,
-                                            size_t keys, size_t dvp) {
-    size_t c = 0;
-    for (; c + NR <= dvp; c += NR) {
-        v16 acc[MR];
-        for (int r = 0; r < MR; r++) acc[r] = *(const v16u*)(o + r * dvp + c) * alpha[r];
-        for (size_t j = 0; j < keys; j++) {
-            const v16 vv = *(const v16u*)(vp + j * ldv + c);
-            const float* restrict pj = pt + j * BR;
-            for (int r = 0; r < MR; r++) acc[r] += pj[r] * vv;
-        }
-        for (int r = 0; r < MR; r++) *(v16u*)(o + r * dvp + c) = acc[r];
-    }
-    if (c < dvp) {   /* one half-width tail chunk */
-        v8 acc[MR];
-        for (int r = 0; r < MR; r++) acc[r] = *(const v8u*)(o + r * dvp + c) * alpha[r];
-        for (size_t j = 0; j < keys; j++) {
-            const v8 vv = *(const v8u*)(vp + j * ldv + c);
-            const float* restrict pj = pt + j * BR;
-            for (int r = 0; r < MR; r++) acc[r] += pj[r] * vv;
-        }
-        for (int r = 0; r < MR; r++) *(v8u*)(o + r * dvp + c) = acc[r];
-    }
+typedef void (*qk_fn)(float*, const float*, size_t, const float*, size_t, size_t, size_t, float);
+typedef void (*pv_fn)(float*, const float*, const float*, const float*, size_t, size_t, size_t);
+struct micro_kernels {
+    qk_fn qk;
+    pv_fn pv;
+    size_t mr;   /* rows per micro-kernel: keys of qk, queries of pv */
+};
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+OSN_FLASH_KERNELS(v8x8, v8, v8u, 8, 8)
+OSN_FLASH_KERNELS(v8x4, v8, v8u, 8, 4)
+OSN_FLASH_KERNELS(v4x2, v4, v4u, 4, 2)
+#else
+OSN_FLASH_KERNELS(v4x4, v4, v4u, 4, 4)
+#endif
+
+/* The micro-kernels for this CPU's registers (OSN_FLASH_MICRO_ROWS: a build-time override of
+ * the x86 choice, to test or time one variant). */
+static struct micro_kernels pick_kernels(void) {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+    const struct micro_kernels k8 = {qk_tile_v8x8, pv_tile_v8x8, 8}, k4 = {qk_tile_v8x4, pv_tile_v8x4, 4},
+                               k2 = {qk_tile_v4x2, pv_tile_v4x2, 2};
+#if defined(OSN_FLASH_MICRO_ROWS)
+    return OSN_FLASH_MICRO_ROWS == 8 ? k8 : OSN_FLASH_MICRO_ROWS == 4 ? k4 : k2;
+#else
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") ? k8 : __builtin_cpu_supports("avx2") ? k4 : k2;
+#endif
+#else
+    const struct micro_kernels k = {qk_tile_v4x4, pv_tile_v4x4, 4};
+    return k;
+#endif
 }
 
 static inline float select_f32(int cond, float a, float b) {
@@ -284,6 +329,7 @@ struct flash_ctx {
     void* out;
     const osn_flash_view *q, *kt, *v, *mask;
     size_t heads, m, n, d, dv, dvp, qblocks, tasks;
+    struct micro_kernels k;      /* pick_kernels() */
     float scale;
     int causal, f16;
     int k_direct, v_direct;      /* read Kᵀ / V tiles in place (float32, unit column stride) */
@@ -323,7 +369,7 @@ static void flash_block(struct flash_ctx* c, float* scratch, size_t h, size_t r0
     const size_t kend = c->causal ? (r0 + rows < n ? r0 + rows : n) : n;
     for (size_t c0 = 0; c0 < kend; c0 += BC) {
         const size_t bc = kend - c0 < BC ? kend - c0 : BC;
-        const size_t pbc = round_up(bc, MR);
+        const size_t pbc = round_up(bc, c->k.mr);
         const float* kb = kp;
         size_t ldk = BC;
         const ptrdiff_t koff = kt->head_offsets[h] + (ptrdiff_t)c0 * kt->col_stride;
@@ -342,14 +388,14 @@ static void flash_block(struct flash_ctx* c, float* scratch, size_t h, size_t r0
         } else {
             pack(vp, dvp, bc, dvp, v->data, c->f16, voff, v->row_stride, v->col_stride, bc, dv);
         }
-        qk_tile(st, kb, ldk, qt, d, pbc, round_up(rows, NR), c->scale);
+        c->k.qk(st, kb, ldk, qt, d, pbc, round_up(rows, NR), c->scale);
         const float* mb = NULL;
         if (mask != NULL)
             mb = (const float*)mask->data + mask->head_offsets[h] + (ptrdiff_t)r0 * mask->row_stride
                  + (ptrdiff_t)c0 * mask->col_stride;
         softmax_tile(st, mrow, lrow, alpha, mb, mask ? mask->row_stride : 0, mask ? mask->col_stride : 0, bc,
                      rows, c->causal, c0, r0);
-        for (size_t r = 0; r < rows; r += MR) pv_tile(o + r * dvp, alpha + r, st + r, vb, ldv, bc, dvp);
+        for (size_t r = 0; r < rows; r += c->k.mr) c->k.pv(o + r * dvp, alpha + r, st + r, vb, ldv, bc, dvp);
     }
     if (c->f16) {
         uint16_t* out = (uint16_t*)c->out + (h * c->m + r0) * dv;
@@ -388,9 +434,10 @@ int osn_flash_attention(osn_pool* pool, void* out, const osn_flash_view* q, cons
         || n == 0 || d == 0)
         return OSN_E_INVALID_ARGUMENT;
     struct flash_ctx c = {.out = out, .q = q, .kt = kt, .v = v, .mask = mask, .heads = heads, .m = m, .n = n,
-                          .d = d, .dv = dv, .dvp = round_up(dv, NR / 2), .scale = scale, .causal = causal != 0,
+                          .d = d, .dv = dv, .dvp = round_up(dv, 8), .scale = scale, .causal = causal != 0,
                           .f16 = f16 != 0};
     c.qblocks = (m + BR - 1) / BR;
+    c.k = pick_kernels();
     /* Kᵀ is always packed: its rows are N floats apart, at N = 4096 (16 KiB) all d rows of a
      * tile fall in one L1 set and evict each other (4096x4096x40: 62 ms direct, 38 packed). */
     c.k_direct = 0;
