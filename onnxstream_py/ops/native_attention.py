@@ -53,6 +53,9 @@ TRANSPOSED_MIN_KEYS = 2048
 # 256x256x160 (168M) 2.1 vs 2.3 ms, 4096x77x40 (202M) 4.4 vs 5.1 ms.
 PARALLEL_MIN_MACS = 128 << 20
 
+# The same for the flash kernel, whose helper is the model's pool (no Python threads).
+FLASH_PARALLEL_MIN_MACS = 32 << 20
+
 _executors: dict[int, ThreadPoolExecutor] = {}
 _executors_lock = threading.Lock()
 
@@ -111,7 +114,14 @@ def _factor(scale, scale_op: str) -> float:
 
 
 def _flash(q, kt, v, scale, mask, scale_op, _ctx):
-    return native.flash_attention(q, kt, v, mask, _factor(scale, scale_op), pool=_ctx.pool)
+    # Small problems stay on the calling thread, as in the sliced path: waking the pool right
+    # after a multi-threaded BLAS call (the UNet's MatMuls; the sliced op in a benchmark) can
+    # wait for a core OpenBLAS' spinning worker holds. Measured under load, 8 heads: 64x64x160
+    # 2.3 ms with the pool after a BLAS call, 0.3 ms inline.
+    m, d, n, dv = q.shape[-2], q.shape[-1], kt.shape[-1], v.shape[-1]
+    heads = int(np.prod(np.broadcast_shapes(q.shape[:-2], kt.shape[:-2], v.shape[:-2]), dtype=np.int64))
+    pool = _ctx.pool if m * n * (d + dv) * heads >= FLASH_PARALLEL_MIN_MACS else None
+    return native.flash_attention(q, kt, v, mask, _factor(scale, scale_op), pool=pool)
 
 
 def _sliced(q, kt, v, scale, mask, scale_op, slices, slice_bytes, _ctx):
