@@ -928,11 +928,11 @@ def _flash_view(what: str, name: str, a: np.ndarray, batch: tuple, keep: list):
     if any(s % a.itemsize for s in b.strides):
         raise ValueError(f"{what}: {name} strides {a.strides} are not multiples of its item size")
     st = [s // a.itemsize for s in b.strides]
-    offsets = np.zeros(batch, np.int64)
+    offsets = np.zeros(batch, np.intp)                # ptrdiff_t
     for axis, (size, s) in enumerate(zip(batch, st)):
         shape = [1] * len(batch)
         shape[axis] = size
-        offsets = offsets + np.arange(size, dtype=np.int64).reshape(shape) * s
+        offsets = offsets + np.arange(size, dtype=np.intp).reshape(shape) * s
     offsets = np.ascontiguousarray(offsets.reshape(-1))
     view = ffi.new("osn_flash_view *")
     view.data = ffi.cast("const void *", a.__array_interface__["data"][0])
