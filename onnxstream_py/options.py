@@ -49,6 +49,11 @@ class RunOptions:
     # halves that memory; error on the tiny SD 1.5 UNet fixture: NMSE ~1.5e-7, max abs error
     # <= 5e-4 x max|y| (tests/test_activation_storage.py). "fp32": off.
     activation_storage: str = "fp32"
+    # After an op frees tensors, if the process holds more than this many bytes beyond its live
+    # activations (and what it held when the run started), have the C allocator return its free
+    # heap pages to the OS (glibc malloc_trim; interpreter._Trimmer). glibc otherwise keeps freed
+    # arrays below 32 MiB for reuse: ~60 MiB of the SD 1.5 UNet's streaming peak RSS. None: never.
+    malloc_trim_slack_bytes: int | None = 48 * MiB
 
     def __post_init__(self):
         if self.threads is not None and self.threads < 1:
@@ -66,6 +71,8 @@ class RunOptions:
             raise ValueError(f"RunOptions.operator_cache_bytes must be >= 0 or None, got {self.operator_cache_bytes}")
         if self.max_weight_chunk_bytes < 0:
             raise ValueError(f"RunOptions.max_weight_chunk_bytes must be >= 0 (0: off), got {self.max_weight_chunk_bytes}")
+        if self.malloc_trim_slack_bytes is not None and self.malloc_trim_slack_bytes < 0:
+            raise ValueError(f"RunOptions.malloc_trim_slack_bytes must be >= 0 or None, got {self.malloc_trim_slack_bytes}")
         if self.activation_storage not in ("fp32", "fp16"):
             raise ValueError(f"RunOptions.activation_storage must be 'fp32' or 'fp16', got {self.activation_storage!r}")
         if self.backend not in ("numpy", "native"):

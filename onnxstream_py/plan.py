@@ -39,6 +39,7 @@ class Plan:
     steps: list[Step]
     weight_order: list[str]               # weights in request order (rows-only fetches excluded)
     fusions: dict[str, int] = field(default_factory=dict)
+    options: RunOptions | None = None     # what it was planned with (the interpreter reads its run-time knobs)
 
 
 def _consumer_counts(nodes: list[Node]) -> dict[str, int]:
@@ -692,4 +693,4 @@ def build_plan(graph: Graph, options: RunOptions) -> Plan:
     fusions = {name: k for name, k in (("GroupNorm", n_group_norm), ("SlicedAttention", n_attention),
                                        ("LayerNorm", n_layer_norm), ("Gelu", n_gelu), ("GeluMul", n_gelu_mul),
                                        ("Silu", n_silu)) if k}
-    return Plan(steps, order, fusions)
+    return Plan(steps, order, fusions, options)

@@ -12,7 +12,8 @@ not a SIGBUS. Smaller tensors, and files that cannot be mapped, are read with a 
 read (``os.preadv``) on one file descriptor, so several threads
 may read at once without a shared seek position, and a tensor lands straight in the
 buffer of the returned array (allocated with ``np.empty``): no intermediate bytes object.
-Row reads (``read_rows``) fetch only the rows asked for; the tensor's CRC-32 is checked
+Row reads (``read_rows``) fetch only the rows asked for (a contiguous range of at least
+MMAP_MIN_BYTES is mapped alone: how the engine streams a big weight in chunks); the tensor's CRC-32 is checked
 first by streaming the whole tensor through ``zlib.crc32`` in 1 MiB chunks, once per file
 opening, so a 151 MB embedding table costs 1 MiB of memory, not 151 MB. The trade-off:
 the first row read of a big table reads it all once (from disk or page cache).

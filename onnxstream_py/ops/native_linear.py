@@ -31,6 +31,11 @@ from .registry import op
 # (each block re-reads the input, which is small wherever the weights are large in SD).
 WEIGHT_BLOCK_BYTES = 16 << 20
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float16))
+# A streamed weight's chunks on the BLAS path may be this many times max_weight_chunk_bytes:
+# XNNPACK holds a chunk twice (raw and packed), BLAS once, so the memory bound is the same,
+# and OpenBLAS loses speed on split weights (2 threads: a [640, 8640] weight's GEMM in halves
+# took 1.6x the time of one call, in quarters 2.5-3.5x; 3x3 convs chunked 1.2-2.4x).
+BLAS_CHUNK_FACTOR = 2
 
 
 def _blocks(n: int, row_bytes: int) -> list[tuple[int, int]]:
@@ -158,7 +163,7 @@ def conv2d_blas(x, w, b, strides, onnx_pads, dilations, groups, pool=None) -> np
             y2 = y.reshape(n * h * wd, cout)
             x2 = nhwc_buffer(x).reshape(n * h * wd, cin)
             if chunked:
-                for c0, c1 in w.row_chunks():
+                for c0, c1 in w.row_chunks(BLAS_CHUNK_FACTOR * w.max_chunk_bytes):
                     y2[:, c0:c1] = x2 @ w.rows(c0, c1).reshape(c1 - c0, cin).T
             else:
                 np.matmul(x2, w.reshape(cout, cin).T, out=y2)
@@ -172,7 +177,7 @@ def conv2d_blas(x, w, b, strides, onnx_pads, dilations, groups, pool=None) -> np
     out_hw = tuple((x.shape[2 + i] + onnx_pads[i] + onnx_pads[2 + i] - dilations[i] * (w.shape[2 + i] - 1) - 1)
                    // strides[i] + 1 for i in range(2))
     y = np.empty((x.shape[0], w.shape[0]) + out_hw, x.dtype)
-    for c0, c1 in w.row_chunks():
+    for c0, c1 in w.row_chunks(BLAS_CHUNK_FACTOR * w.max_chunk_bytes):
         conv_nd(x, w.rows(c0, c1), None if b is None else b[c0:c1], strides, onnx_pads, dilations, 1,
                 out=y[:, c0:c1])
     return y
@@ -289,8 +294,9 @@ def fc_chunked(a2d, w: WeightRef, bias, weight_kn, kernel, pool=None) -> np.ndar
     m = a2d.shape[0]
     n = w.shape[1] if weight_kn else w.shape[0]
     y = np.empty((m, n), a2d.dtype)
+    limit = w.max_chunk_bytes * (1 if kernel == "xnnpack" else BLAS_CHUNK_FACTOR)
     if not weight_kn:
-        for n0, n1 in w.row_chunks():
+        for n0, n1 in w.row_chunks(limit):
             wc, bc = w.rows(n0, n1), None if bias is None else bias[n0:n1]
             if kernel == "xnnpack":
                 with native.XnnFullyConnected(wc, bc, weight_kn=False, y_stride=n) as fc:
@@ -302,7 +308,7 @@ def fc_chunked(a2d, w: WeightRef, bias, weight_kn, kernel, pool=None) -> np.ndar
                     y[:, n0:n1] += bc
         return y
     part = None
-    for k0, k1 in w.row_chunks():
+    for k0, k1 in w.row_chunks(limit):
         wc = w.rows(k0, k1)
         if k0 == 0:
             dest = y
