@@ -77,7 +77,7 @@ def ort_conv(x, w, b, threads):
 
 def vae_total(args, pool) -> int:
     rng = np.random.default_rng(0)
-    names = ["f4 xnn", "f2 xnn", "f4 blas", "xnnpack", "ort"]
+    names = ["f4 xnn", "f2 xnn", "xnnpack", "ort"]   # f4 on BLAS: see the per-shape table (far slower under load)
     total = dict.fromkeys(names, 0.0)
     print(f"{'Cin->Cout@HW x n':22s} " + " ".join(f"{k:>9s}" for k in names) + "   (ms per conv, best of "
           f"{args.repeats}, {args.threads} threads)")
@@ -88,8 +88,7 @@ def vae_total(args, pool) -> int:
         x_nhwc = as_nhwc(x)
         x_cl = x_nhwc.transpose(0, 3, 1, 2)
         prep = {"f4 xnn": PreparedWinograd(w, b, "f4", pool, "xnnpack"),
-                "f2 xnn": PreparedWinograd(w, b, "f2", pool, "xnnpack"),
-                "f4 blas": PreparedWinograd(w, b, "f4", pool, "blas")}
+                "f2 xnn": PreparedWinograd(w, b, "f2", pool, "xnnpack")}
         xnn = native.XnnConv2d(w, b, pads=PADS)
         y_shape = (1, hw, hw, cout)   # a fresh output per run, as the engine's Conv allocates
         runs = {**{k: (lambda p=p: conv2d_winograd(x_cl, None, None, PADS, pool, prepared=p)) for k, p in prep.items()},
