@@ -44,20 +44,28 @@ struct weight_ctx {
     const double (*g)[3];
 };
 
-static void weight_task(void* arg, size_t k) {   /* k: output channel co_begin + k */
+#define WB 64   /* input channels transformed together (vectorised over ci) */
+
+OSN_SIMD_CLONES static void weight_task(void* arg, size_t k) {   /* k: output channel co_begin + k */
     const struct weight_ctx* c = arg;
     const int alpha = c->alpha;
     const size_t plane = c->cols * c->cin;   /* stride of one (i, j) position in u */
-    for (size_t ci = 0; ci < c->cin; ci++) {
-        const float* g = c->w + ((c->co_begin + k) * c->cin + ci) * 9;
-        double t[MAX_ALPHA][3];   /* G g */
-        for (int i = 0; i < alpha; i++)
-            for (int b = 0; b < 3; b++)
-                t[i][b] = c->g[i][0] * g[b] + c->g[i][1] * g[3 + b] + c->g[i][2] * g[6 + b];
-        for (int i = 0; i < alpha; i++)
-            for (int j = 0; j < alpha; j++)
-                c->u[(size_t)(i * alpha + j) * plane + k * c->cin + ci] =
-                    (float)(t[i][0] * c->g[j][0] + t[i][1] * c->g[j][1] + t[i][2] * c->g[j][2]);
+    const float* w = c->w + (c->co_begin + k) * c->cin * 9;
+    double g[9][WB], t[MAX_ALPHA][3][WB];
+    for (size_t ci0 = 0; ci0 < c->cin; ci0 += WB) {
+        const size_t nb = c->cin - ci0 < WB ? c->cin - ci0 : WB;
+        for (size_t b = 0; b < nb; b++)
+            for (int q = 0; q < 9; q++) g[q][b] = w[(ci0 + b) * 9 + q];
+        for (int i = 0; i < alpha; i++)       /* t = G g: 3 columns of each kernel */
+            for (int col = 0; col < 3; col++)
+                for (size_t b = 0; b < nb; b++)
+                    t[i][col][b] = c->g[i][0] * g[col][b] + c->g[i][1] * g[3 + col][b] + c->g[i][2] * g[6 + col][b];
+        for (int i = 0; i < alpha; i++)       /* u = t G^T */
+            for (int j = 0; j < alpha; j++) {
+                float* dst = c->u + (size_t)(i * alpha + j) * plane + k * c->cin + ci0;
+                for (size_t b = 0; b < nb; b++)
+                    dst[b] = (float)(t[i][0][b] * c->g[j][0] + t[i][1][b] * c->g[j][1] + t[i][2][b] * c->g[j][2]);
+            }
     }
 }
 
