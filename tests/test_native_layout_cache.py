@@ -248,6 +248,26 @@ def test_tune_measures_streamed_and_cached_choices():
                 entries = json.load(f)["machines"][kernel_choice.machine_fingerprint()]
         modes = {e["key"][-1] for e in entries if e["key"][0] == "Conv"}
         assert modes == {"cached", "streamed"}
-        assert all(set(e["seconds"]) == {"xnnpack", "blas"} for e in entries)
+        assert all({"xnnpack", "blas"} <= set(e["seconds"]) <= {"xnnpack", "blas", "winograd"} for e in entries)
+        assert any("winograd" in e["seconds"] for e in entries)        # the 3x3 stride-1 convolutions
     finally:
         kernel_choice.clear()
+
+
+def test_winograd_candidate_runs_and_its_transformed_weight_is_cached():
+    from onnxstream_py.ops.winograd import PreparedWinograd
+    model = _conv_chain_model()
+    x = np.random.default_rng(6).standard_normal((1, 8, 12, 12)).astype(np.float32)
+    (want,) = ort_outputs(model, {"x": x})
+    with tempfile.TemporaryDirectory() as d, kernel_choice.forced("winograd"):
+        convert_model_proto(model, d + "/m")
+        with onnxstream_py.Model(d + "/m", provider="ram", options=onnxstream_py.RunOptions(backend="native")) as m:
+            outs = [m.run({"x": x})["y"] for _ in range(2)]
+            kinds = sorted(type(m.ctx.op_cache.get(i)).__name__ for i in range(len(m.plan.steps))
+                           if m.ctx.op_cache.get(i) is not None)
+        with onnxstream_py.Model(d + "/m", provider="nocache", options=onnxstream_py.RunOptions(backend="native")) as m:
+            streamed = m.run({"x": x})["y"]
+    assert kinds == ["PreparedWinograd", "PreparedWinograd"]   # the two 3x3 convs; the 1x1 one takes the default
+    for y in outs + [streamed]:
+        np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(outs[0], outs[1])

@@ -26,6 +26,7 @@ from ..weight_ref import WeightRef, materialize
 from .conv import Conv as numpy_conv, _ints, conv_nd, resolve_pads
 from .linalg import Gemm7 as numpy_gemm7, Gemm11 as numpy_gemm11, MatMul as numpy_matmul, matmul
 from .registry import op
+from .winograd import PreparedWinograd, conv2d_winograd
 
 # Largest block of weight packed at once; a bigger weight is split along output channels
 # (each block re-reads the input, which is small wherever the weights are large in SD).
@@ -194,6 +195,8 @@ def Conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
         if x.ndim != 4 or x.shape[1] != prepared.cin or x.dtype != prepared.dtype:
             raise ValueError(f"Conv: input {x.dtype}{list(x.shape)} does not fit the cached operator "
                              f"({prepared.dtype}, {prepared.cin} input channels)")
+        if isinstance(prepared, PreparedWinograd):
+            return conv2d_winograd(x, None, None, prepared.pads, _ctx.pool, prepared=prepared)
         return conv2d_xnnpack(x, None, None, None, None, None, None, _ctx.pool, prepared)
     attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
                  strides=strides)
@@ -225,20 +228,38 @@ def Conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     out_pixels = x.shape[0] * ((spans[0] // strides[0]) + 1) * ((spans[1] // strides[1]) + 1)
     default = _ctx.default_conv_kernel(out_pixels)
     might_use_xnn = choice == "xnnpack" or (choice is None and (_ctx.measure_kernels or default == "xnnpack"))
+    candidates = {
+        "xnnpack": lambda: conv2d_xnnpack(x, w, b, strides, xpads, dilations, group, pool, prepared),
+        "blas": lambda: conv2d_blas(x, w, b, strides, onnx_pads, dilations, group, pool),
+    }
+    # Winograd F(4x4,3x3) (ops/winograd.py) for 3x3 stride-1 float32 convolutions: a third
+    # measured candidate (never the untuned default); its transformed weight is cached like
+    # XNNPACK's packed one.
+    wino = None
+    if (w.shape[2:] == (3, 3) and tuple(strides) == (1, 1) and tuple(dilations) == (1, 1) and group == 1
+            and x.dtype == np.float32 and not isinstance(w, WeightRef)):
+        if cacheable and (choice == "winograd" or (choice is None and _ctx.measure_kernels)):
+            wino = PreparedWinograd(w, b, "f4", pool)      # 4x the weight (36 of 9 taps)
+            wino.pads = xpads
+            if not _cache.has_room(wino.nbytes):
+                wino.close()
+                wino = None
+        candidates["winograd"] = lambda: conv2d_winograd(x, w, b, xpads, pool, "f4", prepared=wino)
     if cacheable and might_use_xnn:
         prepared = PreparedConv(w, b, strides, xpads, dilations, group)   # packing not timed: paid once
     try:
-        y = kernel_choice.run_chosen(key, {
-            "xnnpack": lambda: conv2d_xnnpack(x, w, b, strides, xpads, dilations, group, pool, prepared),
-            "blas": lambda: conv2d_blas(x, w, b, strides, onnx_pads, dilations, group, pool),
-        }, measure=_ctx.measure_kernels, default=default)
+        y = kernel_choice.run_chosen(key, candidates, measure=_ctx.measure_kernels, default=default)
     except BaseException:
-        if prepared is not None:
-            prepared.close()
+        for p in (prepared, wino):
+            if p is not None:
+                p.close()
         raise
-    if prepared is not None and not (kernel_choice.lookup(key) in ("xnnpack", None)
-                                     and _cache.put(prepared, nbytes, covers=(1,) if b is None else (1, 2))):
-        prepared.close()
+    chosen = kernel_choice.lookup(key)
+    chosen = default if chosen is None or chosen not in candidates else chosen
+    covers = (1,) if b is None else (1, 2)
+    for name, p in (("xnnpack", prepared), ("winograd", wino)):
+        if p is not None and not (chosen == name and _cache.put(p, p.nbytes if p is wino else nbytes, covers)):
+            p.close()
     return y
 
 
