@@ -37,7 +37,9 @@ def _options(args):
     from .options import RunOptions
     cache = None if args.operator_cache_mib is None else args.operator_cache_mib << 20
     return RunOptions(threads=args.threads, attention_slices=args.attention_slices, backend=args.backend,
-                      operator_cache_bytes=cache)
+                      operator_cache_bytes=cache, attention=args.attention,
+                      max_weight_chunk_bytes=args.max_weight_chunk_mib << 20,
+                      activation_storage=args.activation_storage)
 
 
 def cmd_convert(args) -> int:
@@ -157,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "with --provider ram, 0 otherwise)")
         sp.add_argument("--attention-slices", type=int, default=0,
                         help="query-row slices for attention (0: sized to a 16 MiB budget)")
+        sp.add_argument("--attention", default="auto", choices=["auto", "flash", "sliced"],
+                        help="fused attention kernel on the native backend (default auto: measured or flash)")
+        sp.add_argument("--max-weight-chunk-mib", type=int, default=16,
+                        help="stream larger Conv/MatMul/Gemm weights in chunks of rows (0: off; default 16)")
+        sp.add_argument("--activation-storage", default="fp32", choices=["fp32", "fp16"],
+                        help="fp16: keep long-lived activations (skip connections) as FP16 meanwhile")
 
     c = sub.add_parser("convert", help="convert an ONNX model into the streaming format")
     c.add_argument("model", help="MODEL.onnx (external data is read from beside it)")
