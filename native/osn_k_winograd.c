@@ -166,7 +166,7 @@ static inline __attribute__((always_inline)) void input_tile(const struct input_
                 const int64_t ix = ix0 + j;
                 float* o = d[i * alpha + j];
                 if (iy < 0 || iy >= (int64_t)c->h || ix < 0 || ix >= (int64_t)c->w) {
-                    for (int k = 0; k < cb; k++) o[k] = 0.0f;
+                    for (int k = 0; k < CB; k++) o[k] = 0.0f;
                     continue;
                 }
                 const float* p = c->x + (int64_t)n * c->sn + iy * c->sh + ix * c->sw + (int64_t)c0 * c->sc;
