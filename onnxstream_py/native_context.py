@@ -15,6 +15,7 @@ from .options import RunOptions
 ON_ARM = platform.machine().lower() in ("aarch64", "arm64", "armv7l", "armv8l")
 DEFAULT_KERNEL = "xnnpack" if ON_ARM else "blas"
 CONV_XNNPACK_MIN_PIXELS = 32 * 32
+WINOGRAD_MIN_CHANNELS = 64
 
 
 class NativeContext:
@@ -26,8 +27,16 @@ class NativeContext:
         self.measure_kernels = options.kernel_choice == "measure"
         self.default_kernel = DEFAULT_KERNEL
 
-    def default_conv_kernel(self, out_pixels: int) -> str:
-        """The rule for a Conv shape without a measurement."""
+    def default_conv_kernel(self, out_pixels: int, winograd_ok: bool = False, cached: bool = False,
+                            channels: int = 0) -> str:
+        """The rule for a Conv shape without a measurement. Winograd F(4x4,3x3) (where it
+        applies: 3x3 stride 1, float32) on x86 for >= WINOGRAD_MIN_CHANNELS channels in and out
+        when its transformed weight is cached (operator cache): measured there at 2.6-3.5x
+        XNNPACK's direct convolution (scripts/bench_winograd.py). Streamed, the per-run weight
+        transform lost at 32x32 and 16x16 and made the streamed UNet slower (5.3 -> 5.7 s), so
+        streaming takes it only where `onnxstream tune` measured it faster. Unmeasured on ARM."""
+        if winograd_ok and not ON_ARM and channels >= WINOGRAD_MIN_CHANNELS and cached:
+            return "winograd"
         if ON_ARM or out_pixels >= CONV_XNNPACK_MIN_PIXELS:
             return "xnnpack"
         return "blas"

@@ -226,19 +226,20 @@ def Conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
            "nhwc" if is_nhwc(x) else "nchw", "cached" if cacheable else "streamed")
     choice = kernel_choice.lookup(key)
     out_pixels = x.shape[0] * ((spans[0] // strides[0]) + 1) * ((spans[1] // strides[1]) + 1)
-    default = _ctx.default_conv_kernel(out_pixels)
+    wino_ok = (w.shape[2:] == (3, 3) and tuple(strides) == (1, 1) and tuple(dilations) == (1, 1) and group == 1
+               and x.dtype == np.float32 and not isinstance(w, WeightRef))
+    default = _ctx.default_conv_kernel(out_pixels, wino_ok, cacheable, min(cin, cout))
     might_use_xnn = choice == "xnnpack" or (choice is None and (_ctx.measure_kernels or default == "xnnpack"))
     candidates = {
         "xnnpack": lambda: conv2d_xnnpack(x, w, b, strides, xpads, dilations, group, pool, prepared),
         "blas": lambda: conv2d_blas(x, w, b, strides, onnx_pads, dilations, group, pool),
     }
     # Winograd F(4x4,3x3) (ops/winograd.py) for 3x3 stride-1 float32 convolutions: a third
-    # measured candidate (never the untuned default); its transformed weight is cached like
-    # XNNPACK's packed one.
+    # measured candidate (and the untuned default where native_context's rule says); its
+    # transformed weight is cached like XNNPACK's packed one.
     wino = None
-    if (w.shape[2:] == (3, 3) and tuple(strides) == (1, 1) and tuple(dilations) == (1, 1) and group == 1
-            and x.dtype == np.float32 and not isinstance(w, WeightRef)):
-        if cacheable and (choice == "winograd" or (choice is None and _ctx.measure_kernels)):
+    if wino_ok:
+        if cacheable and (choice == "winograd" or (choice is None and (_ctx.measure_kernels or default == "winograd"))):
             wino = PreparedWinograd(w, b, "f4", pool)      # 4x the weight (36 of 9 taps)
             wino.pads = xpads
             if not _cache.has_room(wino.nbytes):
