@@ -35,9 +35,9 @@ class RunOptions:
     # for shapes without one; "measure" times unseen shapes and stores the result.
     kernel_choice: str = "cached"
     # Native backend: bytes of prepared operators (XNNPACK's packed weights) kept across runs,
-    # so later runs skip reading and packing those weights (op_cache.py). None: unlimited with
-    # the "ram" provider (which keeps every weight anyway; a cached op's raw weight is dropped),
-    # 0 with the streaming ones, whose point is not to hold the model.
+    # so later runs skip reading and packing those weights (op_cache.py). None: twice the
+    # model's weight bytes with the "ram" provider (which keeps every weight anyway; a cached
+    # op's raw weight is dropped), 0 with the streaming ones, whose point is not to hold the model.
     operator_cache_bytes: int | None = None
     # Native backend, Conv/MatMul/Gemm whose weight is larger than this (bytes at the model's
     # dtype): with a provider that reads row ranges cheaply (DiskNoCache), the weight is read

@@ -17,6 +17,7 @@ from .options import RunOptions
 def tune_model(model_dir: str, feeds: dict, threads: int | None = None, provider: str = "prefetch") -> str | None:
     """Measure and store the choices; returns the path written (None if read-only)."""
     path = None
+    kernel_choice.clear()                  # re-measure every shape (stale choices are not loaded)
     for cache_bytes in (0, None):          # streaming, then with the operator cache
         opts = RunOptions(threads=threads, backend="native", kernel_choice="measure",
                           operator_cache_bytes=cache_bytes if cache_bytes is not None else 1 << 62)

@@ -161,7 +161,7 @@ def test_operator_cache_budget_and_defaults():
         np.testing.assert_array_equal(a, b)
         with onnxstream_py.Model(d + "/m", provider="ram", options=onnxstream_py.RunOptions(backend="native")) as m:
             m.run({"x": x})
-            assert len(m.ctx.op_cache) == 3                           # ram: unlimited by default
+            assert len(m.ctx.op_cache) == 3                           # ram: 2x the weights by default
             assert not set(m.provider._cache) & {"w1", "w2", "w3"}    # Ram dropped the packed weights
             np.testing.assert_array_equal(m.run({"x": x})["y"], a)
         with onnxstream_py.Model(d + "/m", provider="prefetch", options=onnxstream_py.RunOptions(backend="native")) as m:
@@ -261,7 +261,8 @@ def test_winograd_candidate_runs_and_its_transformed_weight_is_cached():
     (want,) = ort_outputs(model, {"x": x})
     with tempfile.TemporaryDirectory() as d, kernel_choice.forced("winograd"):
         convert_model_proto(model, d + "/m")
-        with onnxstream_py.Model(d + "/m", provider="ram", options=onnxstream_py.RunOptions(backend="native")) as m:
+        opts = onnxstream_py.RunOptions(backend="native", operator_cache_bytes=1 << 30)
+        with onnxstream_py.Model(d + "/m", provider="ram", options=opts) as m:
             outs = [m.run({"x": x})["y"] for _ in range(2)]
             kinds = sorted(type(m.ctx.op_cache.get(i)).__name__ for i in range(len(m.plan.steps))
                            if m.ctx.op_cache.get(i) is not None)
