@@ -155,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--backend", default="native", choices=["numpy", "native"],
                         help="native (default: C kernels and XNNPACK where available) or numpy (reference)")
         sp.add_argument("--operator-cache-mib", type=int, default=None,
-                        help="MiB of packed XNNPACK operators kept across runs (default: twice the "
-                             "model's weights with --provider ram, 0 otherwise)")
+                        help="MiB of packed XNNPACK operators kept across runs (default: the "
+                             "model's weight bytes with --provider ram, 0 otherwise)")
         sp.add_argument("--attention-slices", type=int, default=0,
                         help="query-row slices for attention (0: sized to a 16 MiB budget)")
         sp.add_argument("--attention", default="auto", choices=["auto", "flash", "sliced"],

@@ -35,7 +35,7 @@ class RunOptions:
     # for shapes without one; "measure" times unseen shapes and stores the result.
     kernel_choice: str = "cached"
     # Native backend: bytes of prepared operators (XNNPACK's packed weights) kept across runs,
-    # so later runs skip reading and packing those weights (op_cache.py). None: twice the
+    # so later runs skip reading and packing those weights (op_cache.py). None: the
     # model's weight bytes with the "ram" provider (which keeps every weight anyway; a cached
     # op's raw weight is dropped), 0 with the streaming ones, whose point is not to hold the model.
     operator_cache_bytes: int | None = None

@@ -161,8 +161,12 @@ def test_operator_cache_budget_and_defaults():
         np.testing.assert_array_equal(a, b)
         with onnxstream_py.Model(d + "/m", provider="ram", options=onnxstream_py.RunOptions(backend="native")) as m:
             m.run({"x": x})
-            assert len(m.ctx.op_cache) == 3                           # ram: 2x the weights by default
-            assert not set(m.provider._cache) & {"w1", "w2", "w3"}    # Ram dropped the packed weights
+            cache = m.ctx.op_cache                                    # ram: the weights' bytes by default
+            assert cache.budget == sum(int(np.prod(w.shape)) * 4 for w in m.graph.weights.values())
+            assert len(cache) >= 2 and cache.used <= cache.budget
+            cached = {n for i in range(len(m.plan.steps)) if cache.get(i) is not None
+                      for n in m.plan.steps[i].node.inputs}
+            assert not set(m.provider._cache) & cached & {"w1", "w2", "w3"}   # Ram dropped those raw weights
             np.testing.assert_array_equal(m.run({"x": x})["y"], a)
         with onnxstream_py.Model(d + "/m", provider="prefetch", options=onnxstream_py.RunOptions(backend="native")) as m:
             m.run({"x": x})
@@ -179,7 +183,8 @@ def test_blas_choice_caches_nothing_and_layouts_flow_through_numpy_ops():
         convert_model_proto(model, d + "/m")
         for choice in ("blas", "xnnpack"):
             with kernel_choice.forced(choice), onnxstream_py.Model(
-                    d + "/m", provider="ram", options=onnxstream_py.RunOptions(backend="native")) as m:
+                    d + "/m", provider="ram",
+                    options=onnxstream_py.RunOptions(backend="native", operator_cache_bytes=1 << 30)) as m:
                 for _ in range(2):
                     np.testing.assert_allclose(m.run({"x": x})["y"], want, rtol=1e-4, atol=1e-5)
                 assert len(m.ctx.op_cache) == (0 if choice == "blas" else 3)
