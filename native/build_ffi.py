@@ -14,7 +14,7 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-PRIVATE_HEADERS = {"osn_internal.h"}
+PRIVATE_HEADERS = {"osn_internal.h", "osn_scalar.h"}
 _CDEF = re.compile(r"/\* CDEF BEGIN \*/(.*?)/\* CDEF END \*/", re.S)
 
 

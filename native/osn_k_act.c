@@ -5,6 +5,7 @@
 
 #include "osn_k_act.h"
 #include "osn_internal.h"
+#include "osn_scalar.h"
 
 /* See osn_k_math.c: AVX2/AVX-512 clones of the hot loops on x86-64 with GCC. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -16,78 +17,9 @@
 #define TILE ((size_t)1 << 14)   /* elements per task: 64 KiB of float32 */
 #define CHUNK 1024               /* elements per local buffer (4 KiB, in L1) */
 
-/* cond ? a : b as bit masks, so loops calling it vectorise (see osn_k_math.c). */
-static inline float select_f32(int cond, float a, float b) {
-    uint32_t ua, ub;
-    memcpy(&ua, &a, sizeof ua);
-    memcpy(&ub, &b, sizeof ub);
-    const uint32_t m = 0u - (uint32_t)(cond != 0);
-    const uint32_t r = (ua & m) | (ub & ~m);
-    float f;
-    memcpy(&f, &r, sizeof f);
-    return f;
-}
-
-/* e^x, a copy of osn_k_math.c's exp_f32 (Cody-Waite reduction, degree-7 Estrin polynomial,
- * < 1e-7 relative; 0 below -87.33, clamped above 88). Copied, as osn_k_norm.c does, because
- * every public header is cffi input and cannot carry static inline bodies; keep the copies
- * in step. */
-static inline float exp_f32(float x) {
-    const float magic = 0x1.8p23f;
-    float xc = select_f32(x < -87.33f, -87.33f, x);
-    xc = select_f32(xc > 88.0f, 88.0f, xc);
-    const float t = xc * 1.44269504088896341f + magic;
-    const float n = t - magic;
-    float r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440054690583e-4f;
-    const float r2 = r * r;
-    const float r4 = r2 * r2;
-    const float q01 = 1.0f + r;
-    const float q23 = 0.5f + r * (1.0f / 6.0f);
-    const float q45 = 1.0f / 24.0f + r * (1.0f / 120.0f);
-    const float q67 = 1.0f / 720.0f + r * (1.0f / 5040.0f);
-    const float p = (q01 + r2 * q23) + r4 * (q45 + r2 * q67);
-    uint32_t tb;
-    memcpy(&tb, &t, sizeof tb);
-    const uint32_t sb = (tb + 127u) << 23;
-    float scale;
-    memcpy(&scale, &sb, sizeof scale);
-    return select_f32(x < -87.33f, 0.0f, p * scale);
-}
-
-/* erf and tanh, copies of osn_k_math.c's (same fit, same rounding: GeluMul equals Gelu
- * then Mul exactly); keep them in step. Calling osn_gelu_f32 on L1 chunks instead measured
+/* erf and tanh come from osn_scalar.h, shared with osn_k_math.c (same fit, same rounding:
+ * GeluMul equals Gelu then Mul exactly). Calling osn_gelu_f32 on L1 chunks instead measured
  * ~30 % slower single-threaded (a pool-less pthreadpool call per chunk). */
-static const float ERFC_TAIL[9] = {
-    -0.671794111718008f, 0.6726429061444504f, 0.04734583856146775f,
-    -0.046883172294521575f, -0.009908356948552348f, 0.008696997858583674f,
-    0.001921008849658318f, -0.0018571417522183068f, -0.00039865113954513475f,
-};
-
-static inline float erf_f32(float x) {
-    const float z = fabsf(x);
-    const float t = 1.0f / (1.0f + 0.5f * z);
-    const float u = 2.0f * t - 1.0f;
-    const float u2 = u * u;
-    const float u4 = u2 * u2;
-    const float* c = ERFC_TAIL;
-    const float g = ((c[0] + c[1] * u) + u2 * (c[2] + c[3] * u))
-                  + u4 * (((c[4] + c[5] * u) + u2 * (c[6] + c[7] * u)) + u4 * c[8]);
-    const float tail = 1.0f - t * exp_f32(g - z * z);
-    const float w = z * z;
-    const float w2 = w * w;
-    const float w4 = w2 * w2;
-    const float s = ((1.1283791670955126f - 0.37612638903183754f * w)
-                     + w2 * (0.11283791670955126f - 0.026866170645131252f * w))
-                  + w4 * ((0.005223977625442188f - 0.0008548327023450852f * w) + w2 * 0.00012055332981789664f);
-    const float series = s * z;
-    return copysignf(select_f32(z < 0.5f, series, tail), x);
-}
-
-static inline float tanh_f32(float v) {
-    const float e = exp_f32(-2.0f * fabsf(v));
-    return copysignf((1.0f - e) / (1.0f + e), v);
-}
 
 /* A task covers elements [start, start + n) of the logical [rows, cols] matrix; it walks
  * them in pieces that stay inside one row and hold at most CHUNK elements. */

@@ -11,6 +11,7 @@
 
 #include "osn_k_attention.h"
 #include "osn_internal.h"
+#include "osn_scalar.h"
 
 /* As in osn_k_math.c: the plain C loops are also compiled for AVX2 and AVX-512 on x86-64. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -22,56 +23,6 @@
 #define LANES 16                        /* independent partial sums per row */
 #define SUM_BLOCK 4096                  /* float partial sums per block, blocks summed in double */
 #define ROW_ELEMS_PER_TASK ((size_t)1 << 15)   /* rows per pool task ~ 128 KiB of scores */
-
-static inline float bits_f32(uint32_t u) {
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static inline uint32_t f32_bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
-/* e^x for x <= 0 (softmax arguments after the max is subtracted); 0 below -87.34 where
- * the result would be subnormal. XNNPACK's rr2-p5 scheme (f32-raddstoreexpminusmax):
- * x = n ln2 + t, |t| <= ln2/2 with ln2 split in two, e^t by a degree-5 minimax polynomial,
- * 2^n from the exponent bits of the rounding constant (whose bias already includes 127).
- * Within ~2 ulp over the range without FMA contraction. */
-static inline float exp_nonpos_f32(float x) {
-    const float magic = 0x1.8000FEp23f;
-    float n = x * 0x1.715476p+0f + magic;
-    const float s = bits_f32(f32_bits(n) << 23);
-    n -= magic;
-    float t = n * -0x1.62E400p-1f + x;
-    t = n * -0x1.7F7D1Cp-20f + t;
-    float p = 0x1.0F9F9Cp-7f * t + 0x1.573A1Ap-5f;
-    p = p * t + 0x1.555A80p-3f;
-    p = p * t + 0x1.FFFDC6p-2f;
-    p = p * t + 0x1.FFFFF6p-1f;
-    t *= s;
-    const float e = t * p + s;
-    /* branchless select (a ?: on floats becomes a branch under -ftrapping-math) */
-    const uint32_t flush = 0u - (uint32_t)(x < -0x1.5D589Ep6f);   /* NaN is kept: it propagates */
-    return bits_f32(f32_bits(e) & ~flush);
-}
-
-/* Order-preserving integer keys of floats (see osn_k_math.c row_max): an integer max
- * reduction vectorises where a float compare-and-select does not; NaN rows stay NaN. */
-static inline int32_t order_key(float v) {
-    int32_t k;
-    memcpy(&k, &v, sizeof k);
-    return k ^ ((k >> 31) & 0x7fffffff);
-}
-
-static inline float key_value(int32_t k) {
-    const int32_t bits = k ^ ((k >> 31) & 0x7fffffff);
-    float r;
-    memcpy(&r, &bits, sizeof r);
-    return r;
-}
 
 OSN_SIMD_CLONES static float max_scaled(const float* s, size_t n, float scale) {
     int32_t m = INT32_MIN;

@@ -33,6 +33,7 @@
 
 #include "osn_k_flash.h"
 #include "osn_internal.h"
+#include "osn_scalar.h"
 
 /* As in osn_k_math.c: the plain C loops are also compiled for AVX2 and AVX-512 on x86-64. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -57,81 +58,6 @@
 #define ALIGN 64
 
 static inline size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
-
-static inline float bits_f32(uint32_t u) {
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static inline uint32_t f32_bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
-/* e^x for x <= 0, 0 below -87.34 (and for x = -inf). A copy of osn_k_attention.c's
- * exp_nonpos_f32 (XNNPACK's rr2-p5), kept static so each kernel file stays self-contained. */
-static inline float exp_nonpos_f32(float x) {
-    const float magic = 0x1.8000FEp23f;
-    float n = x * 0x1.715476p+0f + magic;
-    const float s = bits_f32(f32_bits(n) << 23);
-    n -= magic;
-    float t = n * -0x1.62E400p-1f + x;
-    t = n * -0x1.7F7D1Cp-20f + t;
-    float p = 0x1.0F9F9Cp-7f * t + 0x1.573A1Ap-5f;
-    p = p * t + 0x1.555A80p-3f;
-    p = p * t + 0x1.FFFDC6p-2f;
-    p = p * t + 0x1.FFFFF6p-1f;
-    t *= s;
-    const float e = t * p + s;
-    const uint32_t flush = 0u - (uint32_t)(x < -0x1.5D589Ep6f);
-    return bits_f32(f32_bits(e) & ~flush);
-}
-
-/* Order-preserving integer keys of floats (as osn_k_attention.c): an integer max vectorises. */
-static inline int32_t order_key(float v) {
-    int32_t k;
-    memcpy(&k, &v, sizeof k);
-    return k ^ ((k >> 31) & 0x7fffffff);
-}
-
-static inline float key_value(int32_t k) {
-    const int32_t bits = k ^ ((k >> 31) & 0x7fffffff);
-    float r;
-    memcpy(&r, &bits, sizeof r);
-    return r;
-}
-
-static inline uint32_t select_u32(int cond, uint32_t a, uint32_t b) {
-    const uint32_t m = 0u - (uint32_t)(cond != 0);
-    return (a & m) | (b & ~m);
-}
-
-/* Copies of osn_k_convert.c's branchless binary16 conversions (IEEE 754-2008). */
-static inline float half_to_float(uint16_t h) {
-    const uint32_t sign = ((uint32_t)h & 0x8000u) << 16;
-    const uint32_t exp = ((uint32_t)h >> 10) & 0x1fu;
-    const uint32_t man = (uint32_t)h & 0x3ffu;
-    const uint32_t normal = ((exp + 112u) << 23) | (man << 13);
-    const uint32_t special = 0x7f800000u | (man << 13);
-    const uint32_t subnormal = f32_bits((float)(int32_t)man * 0x1p-24f);
-    const uint32_t mag = select_u32(exp == 0, subnormal, select_u32(exp == 31, special, normal));
-    return bits_f32(sign | mag);
-}
-
-static inline uint16_t float_to_half(float f) {
-    const uint32_t u = f32_bits(f);
-    const uint32_t sign = (u >> 16) & 0x8000u;
-    const uint32_t a = u & 0x7fffffffu;
-    const uint32_t normal = (a - 0x38000000u + 0xfffu + ((a >> 13) & 1u)) >> 13;
-    const uint32_t subnormal = f32_bits(bits_f32(a) + 0.5f) - 0x3f000000u;
-    const uint32_t nan = 0x7e00u | ((a >> 13) & 0x3ffu);
-    const uint32_t mag = select_u32(a > 0x7f800000u, nan,
-                                    select_u32(a >= 0x477ff000u, 0x7c00u,
-                                               select_u32(a < 0x38800000u, subnormal, normal)));
-    return (uint16_t)(sign | mag);
-}
 
 /* ------------------------------------------------------------------ packing */
 
@@ -262,10 +188,6 @@ static struct micro_kernels pick_kernels(void) {
     const struct micro_kernels k = {qk_tile_v4x4, pv_tile_v4x4, 4};
     return k;
 #endif
-}
-
-static inline float select_f32(int cond, float a, float b) {
-    return bits_f32(select_u32(cond, f32_bits(a), f32_bits(b)));
 }
 
 /* The online softmax step of a key block, per query lane r < BR: t = st[j][r] (scaled

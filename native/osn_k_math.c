@@ -10,6 +10,7 @@
 
 #include "osn_k_math.h"
 #include "osn_internal.h"
+#include "osn_scalar.h"
 
 /* The hot loops are plain C; on x86-64 GCC also compiles them for AVX2 and AVX-512 and the
  * loader picks the CPU's best (the baseline build targets SSE2 only). Without FP
@@ -25,91 +26,6 @@
 #define CHUNK 256                            /* elements per local buffer (1 KiB, in L1) */
 #define LANES 16                             /* independent partial sums/maxima per row */
 #define SOFTMAX_ROW_ELEMS ((size_t)1 << 14)  /* rows per softmax task ~ 64 KiB of input */
-
-/* cond ? a : b as bit masks. Under the default -ftrapping-math GCC compiles a plain ?:
- * whose arms or nested conditions may raise a floating-point flag (a division, a float
- * comparison) as a branch, which stops vectorisation; this form always vectorises. */
-static inline float select_f32(int cond, float a, float b) {
-    uint32_t ua, ub;
-    memcpy(&ua, &a, sizeof ua);
-    memcpy(&ub, &b, sizeof ub);
-    const uint32_t m = 0u - (uint32_t)(cond != 0);
-    const uint32_t r = (ua & m) | (ub & ~m);
-    float f;
-    memcpy(&f, &r, sizeof f);
-    return f;
-}
-
-/* ------------------------------------------------------------------ exp */
-/* e^x for x <= 88 (larger x is clamped); 0 below -87.33 (where float32 turns subnormal).
- * x = n ln2 + r with |r| <= ln2/2 (Cody-Waite split of ln2), e^r by its degree-7 Taylor
- * polynomial (truncation < 6e-9 relative), 2^n built in the exponent bits. The rounding
- * to n uses the 1.5 * 2^23 trick, whose low mantissa bits are n, so no float -> int
- * conversion (undefined for NaN) is needed; NaN propagates through r. */
-static inline float exp_f32(float x) {
-    const float magic = 0x1.8p23f;
-    float xc = select_f32(x < -87.33f, -87.33f, x);
-    xc = select_f32(xc > 88.0f, 88.0f, xc);
-    const float t = xc * 1.44269504088896341f + magic;
-    const float n = t - magic;
-    float r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440054690583e-4f;
-    /* Estrin's scheme: short dependency chains, so several vectors overlap in flight */
-    const float r2 = r * r;
-    const float r4 = r2 * r2;
-    const float q01 = 1.0f + r;
-    const float q23 = 0.5f + r * (1.0f / 6.0f);
-    const float q45 = 1.0f / 24.0f + r * (1.0f / 120.0f);
-    const float q67 = 1.0f / 720.0f + r * (1.0f / 5040.0f);
-    const float p = (q01 + r2 * q23) + r4 * (q45 + r2 * q67);
-    uint32_t tb;
-    memcpy(&tb, &t, sizeof tb);
-    const uint32_t sb = (tb + 127u) << 23;   /* n + 127 in the exponent field */
-    float scale;
-    memcpy(&scale, &sb, sizeof scale);
-    const float e = p * scale;
-    return select_f32(x < -87.33f, 0.0f, e);
-}
-
-/* ------------------------------------------------------------------ erf */
-/* Same method as the numpy reference (ops/elementwise.py, _erf_block): for |z| >= 0.5,
- * erfc(z) = t exp(-z^2 + g(t)) with t = 1 / (1 + z/2) and g the degree-8 Chebyshev fit in
- * u = 2t - 1 of elementwise._ERFC_TAIL_F32, here in monomial form (numpy's cheb2poly;
- * float32 evaluation within 1.5e-7 of the float64 Chebyshev sum) evaluated with Estrin's
- * scheme for short dependency chains. Below 0.5 the Maclaurin series
- * 2/sqrt(pi) sum_n (-1)^n z^(2n+1) / (n! (2n+1)), n <= 6 (next term < 1e-9). */
-static const float ERFC_TAIL[9] = {
-    -0.671794111718008f, 0.6726429061444504f, 0.04734583856146775f,
-    -0.046883172294521575f, -0.009908356948552348f, 0.008696997858583674f,
-    0.001921008849658318f, -0.0018571417522183068f, -0.00039865113954513475f,
-};
-
-static inline float erf_f32(float x) {
-    const float z = fabsf(x);
-    const float t = 1.0f / (1.0f + 0.5f * z);
-    const float u = 2.0f * t - 1.0f;
-    const float u2 = u * u;
-    const float u4 = u2 * u2;
-    const float* c = ERFC_TAIL;
-    const float g = ((c[0] + c[1] * u) + u2 * (c[2] + c[3] * u))
-                  + u4 * (((c[4] + c[5] * u) + u2 * (c[6] + c[7] * u)) + u4 * c[8]);
-    const float tail = 1.0f - t * exp_f32(g - z * z);
-    const float w = z * z;
-    const float w2 = w * w;
-    const float w4 = w2 * w2;
-    const float s = ((1.1283791670955126f - 0.37612638903183754f * w)
-                     + w2 * (0.11283791670955126f - 0.026866170645131252f * w))
-                  + w4 * ((0.005223977625442188f - 0.0008548327023450852f * w) + w2 * 0.00012055332981789664f);
-    const float series = s * z;
-    return copysignf(select_f32(z < 0.5f, series, tail), x);
-}
-
-/* tanh(v) = sign(v) (1 - e) / (1 + e), e = exp(-2|v|) <= 1 (no overflow). Absolute error
- * ~1e-7 near 0, which is all Gelu's 1 + tanh needs. */
-static inline float tanh_f32(float v) {
-    const float e = exp_f32(-2.0f * fabsf(v));
-    return copysignf((1.0f - e) / (1.0f + e), v);
-}
 
 /* ------------------------------------------------------------------ elementwise driver */
 struct unary_ctx {
@@ -167,16 +83,6 @@ int osn_gelu_f32(osn_pool* pool, float* y, const float* x, size_t count, int app
 }
 
 /* ------------------------------------------------------------------ softmax */
-/* Row maximum through order-preserving integer keys (a float compare-and-select does not
- * vectorise under -ftrapping-math, an integer max reduction does): for IEEE floats, the
- * bits with the magnitude flipped for negatives sort like the values. A NaN with a clear
- * sign bit sorts above +inf, so it becomes the maximum and the row turns NaN, as in numpy;
- * any other NaN turns the row NaN through exp(NaN - max). */
-static inline int32_t order_key(float v) {
-    int32_t k;
-    memcpy(&k, &v, sizeof k);
-    return k ^ ((k >> 31) & 0x7fffffff);
-}
 
 OSN_SIMD_CLONES static float row_max(const float* x, size_t n) {
     int32_t m = INT32_MIN;

@@ -6,6 +6,7 @@
 
 #include "osn_k_norm.h"
 #include "osn_internal.h"
+#include "osn_scalar.h"
 
 /* The hot loops are plain C; on x86-64 GCC also compiles them for AVX2 and AVX-512 and the
  * loader picks the CPU's best (the baseline build targets SSE2 only). Without FP
@@ -22,44 +23,6 @@
 #define CHUNK ((size_t)1 << 16)               /* elements per parallel task of a long row (256 KiB) */
 #define NHWC_BLOCK 32768                      /* elements per channels-last statistics block (128 KiB, in L2) */
 #define LAYER_NORM_TILE_ELEMS ((size_t)1 << 14)  /* rows per layer-norm task ~ 64 KiB */
-
-/* cond ? a : b as bit masks, so loops calling it vectorise (see osn_k_math.c). */
-static inline float select_f32(int cond, float a, float b) {
-    uint32_t ua, ub;
-    memcpy(&ua, &a, sizeof ua);
-    memcpy(&ub, &b, sizeof ub);
-    const uint32_t m = 0u - (uint32_t)(cond != 0);
-    const uint32_t r = (ua & m) | (ub & ~m);
-    float f;
-    memcpy(&f, &r, sizeof f);
-    return f;
-}
-
-/* e^x, a copy of osn_k_math.c's exp_f32 (Cody-Waite reduction, degree-7 Estrin polynomial,
- * < 1e-7 relative; 0 below -87.33, clamped above 88). Copied rather than shared because the
- * build reads every public header in native/ as cffi input; keep the two copies in step. */
-static inline float exp_f32(float x) {
-    const float magic = 0x1.8p23f;
-    float xc = select_f32(x < -87.33f, -87.33f, x);
-    xc = select_f32(xc > 88.0f, 88.0f, xc);
-    const float t = xc * 1.44269504088896341f + magic;
-    const float n = t - magic;
-    float r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440054690583e-4f;
-    const float r2 = r * r;
-    const float r4 = r2 * r2;
-    const float q01 = 1.0f + r;
-    const float q23 = 0.5f + r * (1.0f / 6.0f);
-    const float q45 = 1.0f / 24.0f + r * (1.0f / 120.0f);
-    const float q67 = 1.0f / 720.0f + r * (1.0f / 5040.0f);
-    const float p = (q01 + r2 * q23) + r4 * (q45 + r2 * q67);
-    uint32_t tb;
-    memcpy(&tb, &t, sizeof tb);
-    const uint32_t sb = (tb + 127u) << 23;
-    float scale;
-    memcpy(&scale, &sb, sizeof scale);
-    return select_f32(x < -87.33f, 0.0f, p * scale);
-}
 
 /* z * sigmoid(z) = z / (1 + e^-z): e^-z is 0 for large z (y = z) and clamps at e^88 for very
  * negative z, where y is ~0 either way. */
