@@ -29,3 +29,8 @@ def assert_matches(got: np.ndarray, want: np.ndarray, rtol: float, atol: float, 
         np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
     else:
         np.testing.assert_array_equal(got, want)
+
+
+def rand_f32(shape, seed=0, loc=0.0, scale=1.0) -> np.ndarray:
+    """Seeded normal float32 values (``loc + scale * N(0, 1)``) for kernel tests."""
+    return (np.random.default_rng(seed).standard_normal(shape) * scale + loc).astype(np.float32)

@@ -17,7 +17,7 @@ import pytest
 native = pytest.importorskip("onnxstream_py.native")
 
 import onnxstream_py as osp  # noqa: E402
-from onnxstream_py import kernel_choice, ops  # noqa: E402
+from onnxstream_py import kernel_choice  # noqa: E402
 from onnxstream_py.converter import convert_model_proto  # noqa: E402
 from onnxstream_py.native_context import NativeContext  # noqa: E402
 from onnxstream_py.ops import native_attention as na  # noqa: E402
@@ -28,14 +28,6 @@ import model_builders as mb  # noqa: E402
 from op_testing import assert_matches  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    ops.load_native()
-    c = NativeContext(osp.RunOptions(backend="native", threads=2))
-    yield c
-    c.close()
 
 
 def reference(q, kt, v, mask=None, scale=1.0, causal=False):

@@ -18,24 +18,13 @@ import onnxstream_py
 from onnxstream_py import native, ops, plan as plan_mod
 from onnxstream_py.converter import convert_model_proto
 from onnxstream_py.graph import Node, read_graph
-from onnxstream_py.native_context import NativeContext
 from onnxstream_py.ops import elementwise, fused, native_kernels as nk
 from onnxstream_py.ops.attention import DOMAIN as FUSED_DOMAIN
 
 import model_builders as mb
+from op_testing import rand_f32 as _rand
 
 ops.load_native()
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    c = NativeContext(onnxstream_py.RunOptions(threads=2))
-    yield c
-    c.close()
-
-
-def _rand(shape, seed=0, loc=0.0, scale=1.0):
-    return (np.random.default_rng(seed).standard_normal(shape) * scale + loc).astype(np.float32)
 
 
 def _close(got, want, rtol=1e-5):

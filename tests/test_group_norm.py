@@ -18,23 +18,12 @@ import onnxstream_py
 from onnxstream_py import native, ops
 from onnxstream_py.converter import convert_model_proto
 from onnxstream_py.layout import is_nhwc
-from onnxstream_py.native_context import NativeContext
 from onnxstream_py.ops import fused, native_kernels as nk
 
 import model_builders as mb
+from op_testing import rand_f32 as _rand
 
 ops.load_native()
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    c = NativeContext(onnxstream_py.RunOptions(threads=2))
-    yield c
-    c.close()
-
-
-def _rand(shape, seed=0, loc=0.0, scale=1.0):
-    return (np.random.default_rng(seed).standard_normal(shape) * scale + loc).astype(np.float32)
 
 
 def _channels_last(x: np.ndarray) -> np.ndarray:

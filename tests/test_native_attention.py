@@ -13,7 +13,6 @@ native = pytest.importorskip("onnxstream_py.native")
 import onnxstream_py as osp  # noqa: E402
 from onnxstream_py import ops  # noqa: E402
 from onnxstream_py.converter import convert_model_proto  # noqa: E402
-from onnxstream_py.native_context import NativeContext  # noqa: E402
 from onnxstream_py.ops import native_attention as na  # noqa: E402
 from onnxstream_py.ops.attention import SlicedAttention as numpy_op  # noqa: E402
 
@@ -25,14 +24,6 @@ def softmax_ref(t: np.ndarray) -> np.ndarray:
     t = t - t.max(-1, keepdims=True)
     e = np.exp(t)
     return e / e.sum(-1, keepdims=True)
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    ops.load_native()
-    c = NativeContext(osp.RunOptions(backend="native", threads=2))
-    yield c
-    c.close()
 
 
 # every path of the op: (PARALLEL_MIN_MACS, TRANSPOSED_MIN_KEYS, BLOCK_BYTES)

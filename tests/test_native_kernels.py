@@ -16,24 +16,13 @@ import pytest
 
 import onnxstream_py
 from onnxstream_py import native, ops
-from onnxstream_py.native_context import NativeContext
 from onnxstream_py.ops import elementwise, native_kernels as nk, norm, reduce
 
 from engine_runner import run_model
 from test_onnx_backend import CASES, EXCLUDED, _array
+from op_testing import rand_f32 as _rand
 
 ops.load_native()
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    c = NativeContext(onnxstream_py.RunOptions(threads=2))
-    yield c
-    c.close()
-
-
-def _rand(shape, seed=0, loc=0.0, scale=1.0):
-    return (np.random.default_rng(seed).standard_normal(shape) * scale + loc).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- normalisation
