@@ -6,7 +6,7 @@ import importlib
 import pkgutil
 
 from .registry import BACKENDS, OpImpl, lookup, op, registered_ops
-from . import attention, elementwise, reduce, tensor, indexing, linalg, conv, pool, norm, resize, fused  # noqa: F401  (registration)
+from . import attention, elementwise, reduce, tensor, indexing, linalg, conv, pool, norm, resize, fused, quant  # noqa: F401  (registration)
 
 __all__ = ["BACKENDS", "OpImpl", "load_native", "lookup", "op", "registered_ops"]
 _native_loaded = False
