@@ -987,3 +987,45 @@ def flash_attention(q: np.ndarray, kt: np.ndarray, v: np.ndarray, mask: np.ndarr
     _check(lib.osn_flash_attention(_pool_ptr(pool), out_ptr(out), *views, mview, heads, m, n, d, dv,
                                    float(scale), int(bool(causal)), int(q.dtype == np.float16)), what)
     return out
+
+
+# ---- dequantization (int8/uint8 -> float32, per tensor or per axis) ----
+# Wrapper of native/osn_k_quant.h; the numpy twin is ops/quant.py (dequantize).
+_Q8 = {np.dtype(np.int8): 0, np.dtype(np.uint8): 1}
+
+
+def dequantize_8bit_f32(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None = None, axis: int = 0,
+                        out: np.ndarray | None = None, *, pool: ThreadPool | None = None) -> np.ndarray:
+    """out = (x - zero_point) * scale as float32, for C-contiguous int8/uint8 x; scale (float32)
+    and zero_point (x's dtype, or None) are scalars/1-element (per tensor) or 1-D of x.shape[axis]."""
+    what = f"DequantizeLinear(native) {getattr(x, 'shape', '?')} axis={axis}"
+    _need(what, x, "x", tuple(_Q8))
+    scale = np.asarray(scale)
+    if scale.dtype != np.float32:
+        raise ValueError(f"{what}: scale must be float32, got {scale.dtype}")
+    if scale.size == 1 and scale.ndim <= 1:
+        outer, channels, inner = 1, 1, x.size
+    else:
+        if not -x.ndim <= axis < x.ndim:
+            raise ValueError(f"{what}: axis {axis} out of range for rank {x.ndim}")
+        axis %= x.ndim
+        if scale.ndim != 1 or scale.shape[0] != x.shape[axis]:
+            raise ValueError(f"{what}: scale of shape {list(scale.shape)}, expected [{x.shape[axis]}]")
+        outer = int(np.prod(x.shape[:axis], dtype=np.int64))
+        channels = x.shape[axis]
+        inner = int(np.prod(x.shape[axis + 1:], dtype=np.int64))
+    scale = np.ascontiguousarray(scale, np.float32).reshape(-1)
+    zp = ffi.NULL
+    keep = None
+    if zero_point is not None:
+        zero_point = np.asarray(zero_point)
+        if zero_point.dtype != x.dtype or zero_point.size != scale.size:
+            raise ValueError(f"{what}: zero point {zero_point.dtype}{list(zero_point.shape)} does not match "
+                             f"x's dtype {x.dtype} and the scale's {scale.size} element(s)")
+        keep = np.ascontiguousarray(zero_point.reshape(-1), np.int32)
+        zp = ptr(keep, "int32_t *")
+    out = _out_like(what, out, x.shape, np.float32, x, may_alias=False)
+    _check(lib.osn_dequantize_8bit_f32(_pool_ptr(pool), out_ptr(out, "float *"), ptr(x), _Q8[x.dtype],
+                                       ptr(scale, "float *"), zp, outer, channels, inner), what)
+    del keep
+    return out

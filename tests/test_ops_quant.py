@@ -133,3 +133,41 @@ def test_bad_input_names_the_node(case, backend):
         err = err.__cause__
     assert isinstance(err, OpError) or "qnode" in str(e.value) or "Quantize" in str(e.value), e.value
     assert "qnode" in str(err) or "Quantize" in str(err)
+
+
+# ---------------------------------------------------------------- native kernel vs its numpy twin
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+@pytest.mark.parametrize("shape,axis", [((13,), 0), ((127, 19), 1), ((19, 13, 3, 3), 0), ((3, 127, 70), 1),
+                                        ((2, 13, 1), 2), ((5, 7, 13), 1), ((300, 259), 0), ((300, 259), 1)])
+def test_native_dequantize_matches_twin(dtype, shape, axis, ctx):
+    from onnxstream_py import native
+    from onnxstream_py.ops.quant import dequantize
+    rng = np.random.default_rng(sum(shape) + axis)
+    info = np.iinfo(dtype)
+    x = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+    x.flat[:2] = (info.min, info.max)
+    scale = rng.uniform(1e-3, 1.0, shape[axis]).astype(np.float32)
+    zp = rng.integers(info.min, info.max, shape[axis], endpoint=True).astype(dtype)
+    for s, z in ((scale, None), (scale, zp), (scale[:1], zp[:1]), (np.float32(0.5), None)):
+        got = native.dequantize_8bit_f32(x, s, z, axis, pool=ctx.pool)
+        np.testing.assert_array_equal(got, dequantize(x, s, z, axis))   # same float32 operations
+
+
+@pytest.mark.parametrize("case", ["scale_len", "axis", "zp_dtype", "x_dtype", "strided"])
+def test_native_dequantize_bad_input(case, ctx):
+    from onnxstream_py import native
+    x = np.zeros((4, 13), np.int8)
+    args = dict(x=x, scale=np.ones(13, np.float32), zero_point=None, axis=1)
+    if case == "scale_len":
+        args["scale"] = np.ones(4, np.float32)
+    elif case == "axis":
+        args["axis"] = 2
+    elif case == "zp_dtype":
+        args["zero_point"] = np.zeros(13, np.uint8)
+    elif case == "x_dtype":
+        args["x"] = x.astype(np.int16)
+    else:
+        args["x"] = np.zeros((13, 4), np.int8).T
+    with pytest.raises(ValueError, match="DequantizeLinear"):
+        native.dequantize_8bit_f32(args["x"], args["scale"], args["zero_point"], args["axis"], pool=ctx.pool)
