@@ -989,6 +989,221 @@ def flash_attention(q: np.ndarray, kt: np.ndarray, v: np.ndarray, mask: np.ndarr
     return out
 
 
+# ---- int8 (W8A8): XNNPACK qc8 convolution, qs8 add/multiply, conversions, int8 GroupNorm ----
+# Wrappers of native/osn_xnn_int8.h. Activations are int8 per tensor (scale, zero point),
+# weights int8 per output channel with zero point 0. Every scale is checked here (finite,
+# > 0, and inside the range XNNPACK's requantization accepts) so that a bad model raises a
+# ValueError naming the op, never an XNNPACK status deep in a run.
+_I8 = np.dtype(np.int8)
+# XNNPACK refuses a qc8 requantization scale x_scale * w_scale[c] / y_scale >= 256 (and its
+# float-to-fixed conversions lose everything below 2^-32); add / multiply accept
+# input/output scale ratios in [2^-10, 2^8) and product ratios in [2^-16, 2^8) (measured on
+# this build: outside them create returns xnn_status_unsupported_parameter).
+QCONV_SCALE_RANGE = (2.0 ** -32, 256.0)
+QADD_RATIO_RANGE = (2.0 ** -10, 2.0 ** 8)
+QMUL_RATIO_RANGE = (2.0 ** -16, 2.0 ** 8)
+
+
+def _qparams(what: str, name: str, scale, zero_point) -> tuple[float, int]:
+    s = float(scale)
+    z = int(zero_point)
+    if not (np.isfinite(s) and s > 0):
+        raise ValueError(f"{what}: {name} scale must be finite and > 0, got {s}")
+    if not -128 <= z <= 127:
+        raise ValueError(f"{what}: {name} zero point {z} is not an int8")
+    return s, z
+
+
+def _qclamp(what: str, y_min: int, y_max: int) -> tuple[int, int]:
+    lo, hi = int(y_min), int(y_max)
+    if not -128 <= lo < hi <= 127:
+        raise ValueError(f"{what}: output clamp [{lo}, {hi}] must satisfy -128 <= min < max <= 127")
+    return lo, hi
+
+
+class XnnQConv2d(_OwnedOperator):
+    """A created XNNPACK per-channel int8 convolution (qc8) on NHWC int8 activations.
+
+    w: [Cout, Cin/groups, kh, kw] int8 (ONNX OIHW; relaid out here), w_scale: [Cout] float32
+    (> 0, zero points 0), bias: [Cout] int32 in units of x_scale * w_scale[c], or None.
+    pads: ONNX order [top, left, bottom, right]. ``y_min``/``y_max`` clamp the int8 output
+    (a fused ReLU is y_min = y_zero_point). The caller's arrays may be freed after __init__."""
+
+    def __init__(self, w, w_scale, bias=None, *, x_scale, x_zero_point, y_scale, y_zero_point, groups=1,
+                 strides=(1, 1), dilations=(1, 1), pads=(0, 0, 0, 0), y_min=-128, y_max=127):
+        what = f"QConv(XNNPACK qc8) weight {getattr(w, 'shape', '?')} group={groups}"
+        if not isinstance(w, np.ndarray) or w.dtype != _I8 or w.ndim != 4:
+            raise ValueError(f"{what}: expected an int8 weight [Cout, Cin/groups, kh, kw], got "
+                             f"{getattr(w, 'dtype', type(w))}")
+        cout, cig, kh, kw = (int(v) for v in w.shape)
+        groups = int(groups)
+        if groups < 1 or cout % groups or cout == 0 or cig == 0 or kh == 0 or kw == 0:
+            raise ValueError(f"{what}: Cout must be a positive multiple of group and the kernel non-empty")
+        w_scale = np.ascontiguousarray(np.broadcast_to(np.asarray(w_scale, np.float32).reshape(-1), (cout,)))
+        xs, xz = _qparams(what, "input", x_scale, x_zero_point)
+        ys, yz = _qparams(what, "output", y_scale, y_zero_point)
+        if not (np.all(np.isfinite(w_scale)) and np.all(w_scale > 0)):
+            raise ValueError(f"{what}: weight scales must be finite and > 0")
+        req = np.float32(xs) * w_scale / np.float32(ys)
+        if not (np.all(req >= QCONV_SCALE_RANGE[0]) and np.all(req < QCONV_SCALE_RANGE[1])):
+            raise ValueError(f"{what}: requantization scales x_scale*w_scale/y_scale in [{req.min()}, {req.max()}], "
+                             f"XNNPACK accepts [2^-32, 256)")
+        if bias is None:
+            bias = np.zeros(cout, np.int32)
+        bias = np.ascontiguousarray(bias)
+        if bias.dtype != np.int32 or bias.shape != (cout,):
+            raise ValueError(f"{what}: bias {bias.dtype}{list(bias.shape)}, expected int32[{cout}]")
+        lo, hi = _qclamp(what, y_min, y_max)
+        strides, dilations, pads = [list(map(int, v)) for v in (strides, dilations, pads)]
+        if len(strides) != 2 or len(dilations) != 2 or len(pads) != 4 or min(strides + dilations) < 1 or min(pads) < 0:
+            raise ValueError(f"{what}: strides {strides}, dilations {dilations}, pads {pads}: "
+                             f"expected 2 positive, 2 positive and 4 non-negative ints")
+        ohwi = xnn_readable(np.ascontiguousarray(w.transpose(0, 2, 3, 1)))
+        self.cin, self.cout, self.kernel, self.groups = cig * groups, cout, (kh, kw), groups
+        self.strides, self.dilations, self.pads = strides, dilations, pads
+        self.nbytes = w.nbytes + bias.nbytes + w_scale.nbytes
+        self._what = what
+        h = ffi.new("osn_qconv2d **")
+        _check(lib.osn_qconv2d_create(h, ptr(ohwi, "int8_t *"), ptr(w_scale, "float *"), ptr(bias, "int32_t *"),
+                                      groups, self.cin, cout, kh, kw, strides[0], strides[1], dilations[0],
+                                      dilations[1], pads[0], pads[1], pads[2], pads[3], xz, xs, yz, ys, lo, hi), what)
+        self._op = h[0]
+
+    def output_hw(self, h: int, w: int) -> tuple[int, int]:
+        (kh, kw), (sh, sw), (dh, dw), p = self.kernel, self.strides, self.dilations, self.pads
+        return ((h + p[0] + p[2] - (kh - 1) * dh - 1) // sh + 1, (w + p[1] + p[3] - (kw - 1) * dw - 1) // sw + 1)
+
+    def run(self, x: np.ndarray, y: np.ndarray | None = None, pool=None) -> np.ndarray:
+        """y = qconv(x); x: [N, H, W, Cin] int8 NHWC, y: [N, OH, OW, Cout] int8 (allocated when None)."""
+        if self._op is None:
+            raise NativeError(f"{self._what}: operator used after close()")
+        if not isinstance(x, np.ndarray) or x.ndim != 4 or x.shape[3] != self.cin or x.dtype != _I8:
+            raise ValueError(f"{self._what}: input {getattr(x, 'dtype', type(x))}{list(getattr(x, 'shape', ()))}, "
+                             f"expected int8[N, H, W, {self.cin}] NHWC")
+        n, h, w, _ = x.shape
+        oh, ow = self.output_hw(h, w)
+        if oh < 1 or ow < 1:
+            raise ValueError(f"{self._what}: input {list(x.shape)} is smaller than the (dilated) kernel")
+        shape = (n, oh, ow, self.cout)
+        if y is None:
+            y = np.empty(shape, _I8)
+        elif y.shape != shape or y.dtype != _I8 or not y.flags.c_contiguous:
+            raise ValueError(f"{self._what}: output {y.dtype}{list(y.shape)}, expected contiguous int8{list(shape)}")
+        if y.size == 0:
+            return y
+        x = xnn_readable(np.ascontiguousarray(x))
+        _check(lib.osn_qconv2d_run(self._op, _pool_ptr(pool), out_ptr(y, "int8_t *"), ptr(x, "int8_t *"), n, h, w),
+               f"{self._what} input {list(x.shape)}")
+        return y
+
+    def _free(self, handle) -> None:
+        lib.osn_qconv2d_delete(handle)
+
+
+_QBINARY_OPS = {"Add": lib.OSN_BINARY_ADD, "Mul": lib.OSN_BINARY_MUL}
+
+
+def qbinary_supported(op: str, a_scale: float, b_scale: float, y_scale: float) -> bool:
+    """Whether XNNPACK's qs8 ``op`` (Add, Mul) accepts these scales (else use the numpy twin)."""
+    if op == "Add":
+        lo, hi = QADD_RATIO_RANGE
+        return all(lo <= s / y_scale < hi for s in (a_scale, b_scale))
+    if op == "Mul":
+        lo, hi = QMUL_RATIO_RANGE
+        return lo <= a_scale * b_scale / y_scale < hi
+    return False
+
+
+def xnn_qbinary(op: str, a: np.ndarray, b: np.ndarray, a_q: tuple, b_q: tuple, y_q: tuple,
+                out: np.ndarray | None = None, *, y_min: int = -128, y_max: int = 127,
+                pool: ThreadPool | None = None) -> np.ndarray:
+    """out = requantize(dq(a) (op) dq(b)), op Add or Mul, numpy broadcasting (rank <= 6).
+    a, b: C-contiguous int8; a_q, b_q, y_q: (scale, zero_point) of each tensor. XNNPACK's
+    fixed-point arithmetic: within one int8 unit of the float formula (qfused.qbinary_ref)."""
+    what = f"Q{op}(XNNPACK qs8) {getattr(a, 'shape', '?')} {getattr(b, 'shape', '?')}"
+    if op not in _QBINARY_OPS:
+        raise ValueError(f"{what}: unknown op (expected one of {sorted(_QBINARY_OPS)})")
+    a, b = _xnn_input(what, "A", a, (_I8,)), _xnn_input(what, "B", b, (_I8,))
+    (as_, az), (bs, bz), (ys, yz) = (_qparams(what, n, *q) for n, q in (("A", a_q), ("B", b_q), ("output", y_q)))
+    if not qbinary_supported(op, as_, bs, ys):
+        raise ValueError(f"{what}: scales A {as_}, B {bs}, output {ys} outside XNNPACK's accepted ratios")
+    lo, hi = _qclamp(what, y_min, y_max)
+    if max(a.ndim, b.ndim) > XNN_MAX_DIMS:
+        raise ValueError(f"{what}: rank above {XNN_MAX_DIMS} (XNN_MAX_TENSOR_DIMS)")
+    try:
+        shape = np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise ValueError(f"{what}: shapes do not broadcast") from None
+    out = _xnn_output(what, out, shape, _I8, (a, b))
+    if out.size:
+        _check(lib.osn_xnn_qbinary(_pool_ptr(pool), _QBINARY_OPS[op], out_ptr(out, "int8_t *"), ptr(a, "int8_t *"),
+                                   ptr(b, "int8_t *"), a.ndim, ffi.new("size_t[]", a.shape) if a.ndim else ffi.NULL,
+                                   b.ndim, ffi.new("size_t[]", b.shape) if b.ndim else ffi.NULL,
+                                   az, as_, bz, bs, yz, ys, lo, hi), what)
+    return out
+
+
+def xnn_quantize_f32(x: np.ndarray, scale: float, zero_point: int, out: np.ndarray | None = None, *,
+                     pool: ThreadPool | None = None) -> np.ndarray:
+    """out = saturate(round(x / scale) + zero_point) as int8 (XNNPACK multiplies by 1/scale:
+    within one unit of QuantizeLinear at exact ties). x: C-contiguous float32."""
+    what = f"QuantizeLinear(XNNPACK) {getattr(x, 'shape', '?')}"
+    x = _xnn_input(what, "x", x, (_F32,))
+    s, z = _qparams(what, "output", scale, zero_point)
+    out = _xnn_output(what, out, x.shape, _I8, ())
+    if out.size:
+        _check(lib.osn_xnn_quantize_f32(_pool_ptr(pool), out_ptr(out, "int8_t *"), ptr(x, "float *"), x.size, s, z),
+               what)
+    return out
+
+
+def xnn_dequantize_f32(x: np.ndarray, scale: float, zero_point: int, out: np.ndarray | None = None, *,
+                       pool: ThreadPool | None = None) -> np.ndarray:
+    """out = (x - zero_point) * scale as float32 (exact). x: C-contiguous int8."""
+    what = f"DequantizeLinear(XNNPACK) {getattr(x, 'shape', '?')}"
+    x = _xnn_input(what, "x", x, (_I8,))
+    s, z = _qparams(what, "input", scale, zero_point)
+    out = _xnn_output(what, out, x.shape, _F32, ())
+    if out.size:
+        _check(lib.osn_xnn_dequantize_f32(_pool_ptr(pool), out_ptr(out, "float *"), ptr(x, "int8_t *"), x.size, s, z),
+               what)
+    return out
+
+
+def qgroup_norm_act(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, groups: int, epsilon: float,
+                    x_q: tuple, y_q: tuple, silu: bool = False, channels_last: bool = False,
+                    out: np.ndarray | None = None, *, pool: ThreadPool | None = None) -> np.ndarray:
+    """Int8 GroupNorm (+ SiLU) of a C-contiguous int8 buffer: x is [N, C, *spatial], or with
+    ``channels_last`` the [N, *spatial, C] buffer of a channels-last activation; the result has
+    x's shape and layout. gamma, beta: per channel [C] float32 (fold an InstanceNormalization's
+    per-group scale/bias into them). x_q, y_q: (scale, zero_point)."""
+    what = f"QGroupNorm X {getattr(x, 'shape', '?')} groups={groups} channels_last={channels_last}"
+    _need(what, x, "X", (np.int8,))
+    if x.ndim < 2:
+        raise ValueError(f"{what}: X must have rank >= 2")
+    c = x.shape[-1] if channels_last else x.shape[1]
+    if groups < 1 or c % groups:
+        raise ValueError(f"{what}: {c} channels are not divisible into {groups} groups")
+    if c // groups > 30000:
+        raise ValueError(f"{what}: {c // groups} channels per group exceed the kernel's int32 partial sums")
+    for name, v in (("gamma", gamma), ("beta", beta)):
+        _need(what, v, name, (np.float32,))
+        if v.shape != (c,):
+            raise ValueError(f"{what}: {name} must have shape ({c},), got {v.shape}")
+    if not (np.isfinite(epsilon) and epsilon >= 0):
+        raise ValueError(f"{what}: epsilon must be finite and >= 0, got {epsilon}")
+    (xs, xz), (ys, yz) = _qparams(what, "input", *x_q), _qparams(what, "output", *y_q)
+    out = _out_like(what, out, x.shape, _I8, x, may_alias=True)
+    n = x.shape[0]
+    spatial = x.size // (n * c) if x.size else 0
+    if x.size:
+        _check(lib.osn_qgroup_norm_act(_pool_ptr(pool), out_ptr(out, "int8_t *"), ptr(x, "int8_t *"),
+                                       ptr(gamma, "float *"), ptr(beta, "float *"), n, c, spatial,
+                                       int(bool(channels_last)), groups, float(epsilon), int(bool(silu)),
+                                       xz, xs, yz, ys), what)
+    return out
+
+
 # ---- dequantization (int8/uint8 -> float32, per tensor or per axis) ----
 # Wrapper of native/osn_k_quant.h; the numpy twin is ops/quant.py (dequantize).
 _Q8 = {np.dtype(np.int8): 0, np.dtype(np.uint8): 1}

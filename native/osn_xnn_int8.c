@@ -1,0 +1,239 @@
+/* Int8 kernels behind osn_xnn_int8.h: XNNPACK qc8 convolution (create / run / delete), qs8
+ * binary ops and conversions (create, run, delete in one call), and an int8 GroupNorm(+SiLU).
+ *
+ * The GroupNorm reads each (image, group) twice: once for integer sums (exact whatever the
+ * group size, so the statistics equal those of the dequantized tensor up to the float64
+ * division), once to normalize, apply SiLU and requantize each element. It never holds a
+ * float copy of the tensor: the point of W8A8 on a 512 MB board.
+ * Reference: xnnpack.h (Debian 0.0~git20220216); ONNX GroupNormalization / QuantizeLinear.
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include <xnnpack.h>
+
+#include "osn_internal.h"
+#include "osn_scalar.h"
+#include "osn_xnn_eltwise.h"
+#include "osn_xnn_int8.h"
+
+struct osn_qconv2d {
+    xnn_operator_t op;
+};
+
+int osn_qconv2d_create(osn_qconv2d** op_out, const int8_t* weight, const float* w_scale, const int32_t* bias,
+                       size_t groups, size_t cin, size_t cout, size_t kh, size_t kw, uint32_t stride_h,
+                       uint32_t stride_w, uint32_t dilation_h, uint32_t dilation_w, uint32_t pad_top,
+                       uint32_t pad_left, uint32_t pad_bottom, uint32_t pad_right, int8_t x_zero_point,
+                       float x_scale, int8_t y_zero_point, float y_scale, int8_t y_min, int8_t y_max) {
+    if (op_out == NULL || weight == NULL || w_scale == NULL || bias == NULL || groups == 0 || cin % groups ||
+        cout % groups || cout == 0 || kh == 0 || kw == 0 || y_min >= y_max)
+        return OSN_E_INVALID_ARGUMENT;
+    *op_out = NULL;
+    xnn_operator_t op = NULL;
+    enum xnn_status st = xnn_create_convolution2d_nhwc_qc8(
+        pad_top, pad_right, pad_bottom, pad_left, (uint32_t)kh, (uint32_t)kw, stride_h, stride_w, dilation_h,
+        dilation_w, (uint32_t)groups, cin / groups, cout / groups, cin, cout, x_zero_point, x_scale, w_scale,
+        weight, bias, y_zero_point, y_scale, y_min, y_max, OSN_XNN_FLAGS, &op);
+    if (st != xnn_status_success) return (int)st;
+    osn_qconv2d* c = (osn_qconv2d*)malloc(sizeof(osn_qconv2d));
+    if (c == NULL) {
+        xnn_delete_operator(op);
+        return OSN_E_OUT_OF_MEMORY;
+    }
+    c->op = op;
+    *op_out = c;
+    return 0;
+}
+
+int osn_qconv2d_run(osn_qconv2d* op, osn_pool* pool, int8_t* y, const int8_t* x, size_t n, size_t h, size_t w) {
+    if (op == NULL || y == NULL || x == NULL) return OSN_E_INVALID_ARGUMENT;
+    pthreadpool_t tp = osn_pool_handle(pool);
+    enum xnn_status st = xnn_setup_convolution2d_nhwc_qc8(op->op, n, h, w, x, y, tp);
+    if (st != xnn_status_success) return (int)st;
+    return (int)xnn_run_operator(op->op, tp);
+}
+
+void osn_qconv2d_delete(osn_qconv2d* op) {
+    if (op == NULL) return;
+    xnn_delete_operator(op->op);
+    free(op);
+}
+
+/* Run a set-up operator, then delete it whatever happened. */
+static int run_and_delete(xnn_operator_t op, enum xnn_status st, pthreadpool_t tp) {
+    if (st == xnn_status_success) st = xnn_run_operator(op, tp);
+    xnn_delete_operator(op);
+    return (int)st;
+}
+
+int osn_xnn_qbinary(osn_pool* pool, int op, int8_t* y, const int8_t* a, const int8_t* b, size_t a_ndim,
+                    const size_t* a_shape, size_t b_ndim, const size_t* b_shape, int8_t a_zero_point,
+                    float a_scale, int8_t b_zero_point, float b_scale, int8_t y_zero_point, float y_scale,
+                    int8_t y_min, int8_t y_max) {
+    if (y == NULL || a == NULL || b == NULL || (a_ndim && a_shape == NULL) || (b_ndim && b_shape == NULL) ||
+        y_min >= y_max)
+        return OSN_E_INVALID_ARGUMENT;
+    xnn_operator_t xop = NULL;
+    enum xnn_status st;
+    pthreadpool_t tp = osn_pool_handle(pool);
+    if (op == OSN_BINARY_ADD) {
+        st = xnn_create_add_nd_qs8(a_zero_point, a_scale, b_zero_point, b_scale, y_zero_point, y_scale, y_min,
+                                   y_max, OSN_XNN_FLAGS, &xop);
+        if (st != xnn_status_success) return (int)st;
+        return run_and_delete(xop, xnn_setup_add_nd_qs8(xop, a_ndim, a_shape, b_ndim, b_shape, a, b, y, tp), tp);
+    }
+    if (op == OSN_BINARY_MUL) {
+        st = xnn_create_multiply_nd_qs8(a_zero_point, a_scale, b_zero_point, b_scale, y_zero_point, y_scale, y_min,
+                                        y_max, OSN_XNN_FLAGS, &xop);
+        if (st != xnn_status_success) return (int)st;
+        return run_and_delete(xop, xnn_setup_multiply_nd_qs8(xop, a_ndim, a_shape, b_ndim, b_shape, a, b, y, tp),
+                              tp);
+    }
+    return OSN_E_INVALID_ARGUMENT;
+}
+
+int osn_xnn_quantize_f32(osn_pool* pool, int8_t* y, const float* x, size_t count, float scale, int8_t zero_point) {
+    if (y == NULL || x == NULL || count == 0) return OSN_E_INVALID_ARGUMENT;
+    xnn_operator_t xop = NULL;
+    enum xnn_status st = xnn_create_convert_nc_f32_qs8(1, 1, 1, scale, zero_point, INT8_MIN, INT8_MAX,
+                                                       OSN_XNN_FLAGS, &xop);
+    if (st != xnn_status_success) return (int)st;
+    pthreadpool_t tp = osn_pool_handle(pool);
+    return run_and_delete(xop, xnn_setup_convert_nc_f32_qs8(xop, count, x, y, tp), tp);
+}
+
+int osn_xnn_dequantize_f32(osn_pool* pool, float* y, const int8_t* x, size_t count, float scale,
+                           int8_t zero_point) {
+    if (y == NULL || x == NULL || count == 0) return OSN_E_INVALID_ARGUMENT;
+    xnn_operator_t xop = NULL;
+    enum xnn_status st = xnn_create_convert_nc_qs8_f32(1, 1, 1, scale, zero_point, OSN_XNN_FLAGS, &xop);
+    if (st != xnn_status_success) return (int)st;
+    pthreadpool_t tp = osn_pool_handle(pool);
+    return run_and_delete(xop, xnn_setup_convert_nc_qs8_f32(xop, count, x, y, tp), tp);
+}
+
+/* ---------------------------------------------------------------- int8 GroupNorm (+SiLU) */
+
+struct qgn_ctx {
+    int8_t* y;
+    const int8_t* x;
+    const float *gamma, *beta;
+    size_t c, hw, cpg;
+    int nhwc, silu;
+    double epsilon;
+    int32_t x_zp, y_zp;
+    float x_scale, y_scale;
+    int status;
+};
+
+/* saturate(round_half_even(u / y_scale) + zp): t is clamped to [lo, hi] = [-128 - zp, 127 - zp]
+ * first, so the magic-number add rounds it exactly (|t| < 2^22). */
+static inline int32_t requantize(float u, float y_scale, float lo, float hi, int32_t zp) {
+    float t = u / y_scale;                 /* a division, as QuantizeLinear specifies */
+    t = t < lo ? lo : t;
+    t = t > hi ? hi : t;
+    const float r = (t + 0x1.8p23f) - 0x1.8p23f;
+    return (int32_t)r + zp;
+}
+
+static inline float silu_q(float z) {
+    return z / (1.0f + exp_f32(-z));
+}
+
+static void qgn_task(void* arg, size_t img, size_t g) {
+    struct qgn_ctx* t = arg;
+    const size_t c = t->c, hw = t->hw, cpg = t->cpg, c0 = g * cpg;
+    const int8_t* x = t->x + img * c * hw;
+    int8_t* y = t->y + img * c * hw;
+    const int32_t zx = t->x_zp;
+    int64_t s = 0, ss = 0;
+    if (t->nhwc) {
+        for (size_t p = 0; p < hw; p++) {
+            const int8_t* xp = x + p * c + c0;
+            int32_t ps = 0, pss = 0;
+            for (size_t k = 0; k < cpg; k++) {
+                const int32_t v = (int32_t)xp[k] - zx;
+                ps += v;
+                pss += v * v;
+            }
+            s += ps;
+            ss += pss;
+        }
+    } else {
+        for (size_t k = 0; k < cpg; k++) {
+            const int8_t* xc = x + (c0 + k) * hw;
+            int64_t cs = 0, css = 0;
+            for (size_t p = 0; p < hw; p++) {
+                const int32_t v = (int32_t)xc[p] - zx;
+                cs += v;
+                css += v * v;
+            }
+            s += cs;
+            ss += css;
+        }
+    }
+    const double count = (double)hw * (double)cpg;
+    const double mean_q = (double)s / count;
+    double var_q = (double)ss / count - mean_q * mean_q;
+    var_q = var_q < 0 ? 0 : var_q;
+    const double sx = (double)t->x_scale;
+    const double rstd = 1.0 / sqrt(var_q * sx * sx + t->epsilon);
+    /* u = (q - zx) * a[k] + b[k] */
+    float* ab = (float*)malloc(2 * cpg * sizeof(float));
+    if (ab == NULL) {
+        t->status = OSN_E_OUT_OF_MEMORY;
+        return;
+    }
+    float* a = ab;
+    float* b = ab + cpg;
+    for (size_t k = 0; k < cpg; k++) {
+        const double ak = sx * rstd * (double)t->gamma[c0 + k];
+        a[k] = (float)ak;
+        b[k] = (float)((double)t->beta[c0 + k] - mean_q * ak);
+    }
+    const float sy = t->y_scale;
+    const float lo = (float)(INT8_MIN - t->y_zp), hi = (float)(INT8_MAX - t->y_zp);
+    const int32_t zy = t->y_zp;
+    const int silu = t->silu;
+    if (t->nhwc) {
+        for (size_t p = 0; p < hw; p++) {
+            const int8_t* xp = x + p * c + c0;
+            int8_t* yp = y + p * c + c0;
+            for (size_t k = 0; k < cpg; k++) {
+                float u = (float)((int32_t)xp[k] - zx) * a[k] + b[k];
+                if (silu) u = silu_q(u);
+                yp[k] = (int8_t)requantize(u, sy, lo, hi, zy);
+            }
+        }
+    } else {
+        for (size_t k = 0; k < cpg; k++) {
+            const int8_t* xc = x + (c0 + k) * hw;
+            int8_t* yc = y + (c0 + k) * hw;
+            const float ak = a[k], bk = b[k];
+            if (silu) {
+                for (size_t p = 0; p < hw; p++)
+                    yc[p] = (int8_t)requantize(silu_q((float)((int32_t)xc[p] - zx) * ak + bk), sy, lo, hi, zy);
+            } else {
+                for (size_t p = 0; p < hw; p++)
+                    yc[p] = (int8_t)requantize((float)((int32_t)xc[p] - zx) * ak + bk, sy, lo, hi, zy);
+            }
+        }
+    }
+    free(ab);
+}
+
+int osn_qgroup_norm_act(osn_pool* pool, int8_t* y, const int8_t* x, const float* gamma, const float* beta,
+                        size_t n, size_t c, size_t hw, int nhwc, size_t groups, float epsilon, int silu,
+                        int8_t x_zero_point, float x_scale, int8_t y_zero_point, float y_scale) {
+    if (y == NULL || x == NULL || gamma == NULL || beta == NULL || groups == 0 || c % groups || !(x_scale > 0) ||
+        !(y_scale > 0) || !(epsilon >= 0))
+        return OSN_E_INVALID_ARGUMENT;
+    /* int32 per-pixel partial sums of squares: cpg * 255^2 < 2^31 */
+    if (c / groups > 30000) return OSN_E_INVALID_ARGUMENT;
+    struct qgn_ctx t = {y, x, gamma, beta, c, hw, c / groups, nhwc != 0, silu != 0, (double)epsilon,
+                        x_zero_point, y_zero_point, x_scale, y_scale, 0};
+    pthreadpool_parallelize_2d(osn_pool_handle(pool), (pthreadpool_task_2d_t)qgn_task, &t, n, groups,
+                               OSN_PARALLEL_FLAGS);
+    return t.status;
+}
