@@ -265,6 +265,8 @@ class _Converter:
                                                     strides=(0,) * len(shape))
             self._set_const(node.outputs[0], impl.fn(dummy, **node.attrs))
             return True
+        if node.op_type in ("Gather", "Slice") and node.inputs[0] in self._shape_of:
+            return self._fold_shape_part(node, shapes)
         if not all((not n) or n in self.consts for n in node.inputs):
             return False
         impl = ops.lookup(node.op_type, self._opset(node.domain), node.domain)
@@ -292,7 +294,39 @@ class _Converter:
                 self._set_const(name, r.copy() if r.base is not None else r)
         return True
 
+    def _fold_shape_part(self, node: Node, shapes: dict[str, tuple]) -> bool:
+        """Gather/Slice of a Shape whose picked dimensions are static folds, even when other
+        dimensions are dynamic: exporters compute e.g. the GEGLU split point as
+        Shape(x)[-1] // 2 (the UNet's feed-forward), and a constant split point lets the plan
+        fuse that projection (plan.fuse_geglu_linear)."""
+        if not all((not n) or n in self.consts for n in node.inputs[1:]):
+            return False
+        shape_node = self._shape_of[node.inputs[0]]
+        shape = shapes.get(shape_node.inputs[0])
+        if shape is None:
+            return False
+        rank = len(shape)
+        start, end = shape_node.attrs.get("start", 0), shape_node.attrs.get("end", rank)
+        start, end = (max(0, min(rank, v + rank if v < 0 else v)) for v in (start, end))
+        # the Shape output as positions into x's dims; fold when every picked one is static
+        positions = np.arange(start, end, dtype=np.int64)
+        impl = ops.lookup(node.op_type, self._opset(node.domain), node.domain)
+        if impl is None:
+            return False
+        args = [positions] + [self.consts[n].value() if n else None for n in node.inputs[1:]]
+        try:
+            picked = np.asarray(impl.fn(*args, **node.attrs))
+        except Exception:  # noqa: BLE001  left for run time, which reports it
+            return False
+        dims = [shape[int(p)] for p in picked.reshape(-1)]
+        if any(not isinstance(d, int) for d in dims):
+            return False
+        self._set_const(node.outputs[0], np.array(dims, dtype=np.int64).reshape(picked.shape))
+        return True
+
     def _fold_pass(self, shapes: dict[str, tuple]) -> bool:
+        self._shape_of = {n.outputs[0]: n for n in self.nodes
+                          if n.op_type == "Shape" and n.domain == "" and n.inputs[0] not in self.consts}
         kept, folded = [], 0
         for node in self.nodes:
             if self._try_fold(node, shapes):

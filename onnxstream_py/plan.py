@@ -2,7 +2,8 @@
 
 Computed here, once per model, and nowhere else: each node's op implementation (every
 unsupported op reported together), fusions (torch's GroupNorm chains -> GroupNorm, older
-exporters' LayerNorm / GELU / SiLU chains -> LayerNorm, Gelu, GeluMul, Silu, attention
+exporters' LayerNorm / GELU / SiLU chains -> LayerNorm, Gelu, GeluMul, Silu, GEGLU
+projections -> GegluLinear, attention
 -> SlicedAttention), when each intermediate dies (it is freed right after its last consumer), which dying inputs an
 elementwise op may overwrite in place, which inputs are weights
 (fetched just before their op and released right after), and the order in which weights
@@ -548,6 +549,106 @@ def fuse_gelu(graph: Graph, nodes: list[Node], gelu_mul: bool = True) -> tuple[l
     return _replace_chains(nodes, removed, replace), n_gelu - (n_mul - n_standard), n_mul
 
 
+def fuse_geglu_linear(graph: Graph, nodes: list[Node]) -> tuple[list[Node], int]:
+    """Replace GEGLU's projection, split and product by onnxstream:GegluLinear (ops/fused.py):
+
+        p = MatMul(x, W) [-> Add(bias)];  a = Slice(p, ...);  g = Slice(p, ...);  GeluMul(g, a)
+
+    with W a 2-D weight, p read only by the two Slices and by Shape nodes (the exporter's
+    split point, Shape(p)[-1] / 2, which become onnxstream:MatMulShape of x), every other
+    intermediate private. The Slices' parameters stay inputs: the op checks at run time that
+    they halve the last axis and otherwise runs the replaced ops. Runs after fuse_gelu."""
+    ix = _ChainIndex(graph, nodes)
+    removed: set[int] = set()
+    replace: dict[int, Node] = {}
+    for gi, gm in enumerate(nodes):
+        if gm.op_type != "GeluMul" or gm.domain != FUSED_DOMAIN or len(gm.inputs) != 2:
+            continue
+        g, a = gm.inputs
+        if not (ix.private(g) and ix.private(a)) or g == a:
+            continue
+        si_g, si_a = ix.node(g, "Slice", "Split"), ix.node(a, "Slice", "Split")
+        if si_g is None or si_a is None:
+            continue
+        split = nodes[si_g].op_type == "Split"
+        if split:
+            # Split(p) into [a, g] (either order) in equal halves; that its axis is the last
+            # one (ranks are not known here) is checked by the op, as for Slices
+            sp = nodes[si_g]
+            if si_a != si_g or len(sp.outputs) != 2 or graph.opset_for("") < 13:
+                continue
+            sizes = sp.inputs[1] if len(sp.inputs) > 1 else ""
+            if sizes and (sizes not in graph.consts or np.asarray(graph.consts[sizes]).reshape(-1).size != 2
+                          or len(set(np.asarray(graph.consts[sizes]).reshape(-1).tolist())) != 1):
+                continue
+            if not sizes and sp.attrs.get("num_outputs", 2) != 2:
+                continue
+        elif (nodes[si_a].op_type != "Slice" or si_g == si_a or graph.opset_for("") < 10
+              or nodes[si_g].inputs[0] != nodes[si_a].inputs[0]):
+            continue
+        p = nodes[si_g].inputs[0]
+        if any(p in nodes[s].inputs[1:] for s in (si_g, si_a)):
+            continue
+        readers = ix.consumers.get(p, [])
+        shapes = [i for i in readers if nodes[i].op_type == "Shape" and nodes[i].domain == ""]
+        if (p in ix.outputs or sorted(readers) != sorted(shapes + sorted({si_g, si_a}))
+                or ix.counts.get(p) != len(readers)):
+            continue
+        bias, mm = "", ix.node(p, "MatMul")
+        add = None
+        if mm is None:
+            add = ix.node(p, "Add")
+            if add is None:
+                continue
+            for j, name in enumerate(nodes[add].inputs):
+                mm = ix.node(name, "MatMul")
+                if mm is not None and ix.private(name):
+                    bias = nodes[add].inputs[1 - j]
+                    break
+            else:
+                continue
+            decl = graph.weights.get(bias)
+            if decl is None or len(decl.shape) != 1:
+                continue
+        x, w = nodes[mm].inputs
+        decl = graph.weights.get(w)
+        if decl is None or len(decl.shape) != 2 or x == w or (bias and decl.shape[1] != graph.weights[bias].shape[0]):
+            continue
+        chain = sorted({mm, si_g, si_a, gi} | ({add} if add is not None else set()))
+        if any(i in removed or i in replace for i in chain + shapes):
+            continue
+
+        if split:
+            if sizes and 2 * int(np.asarray(graph.consts[sizes]).reshape(-1)[0]) != decl.shape[1]:
+                continue
+            # the halves as the equivalent Slices' parameters: [0, H) and [H, 2H) of the axis
+            h = decl.shape[1] // 2
+            first, second = "geglu/0", f"geglu/{h}"
+            graph.consts.setdefault(first, np.array([0], np.int64))
+            graph.consts.setdefault(second, np.array([h], np.int64))
+            graph.consts.setdefault(f"geglu/{2 * h}", np.array([2 * h], np.int64))
+            axis = f"geglu/axis{int(sp.attrs.get('axis', 0))}"
+            graph.consts.setdefault(axis, np.array([int(sp.attrs.get("axis", 0))], np.int64))
+            ranges = {0: [first, second, axis, ""], 1: [second, f"geglu/{2 * h}", axis, ""]}
+            a_params = ranges[nodes[si_a].outputs.index(a)]
+            g_params = ranges[nodes[si_g].outputs.index(g)]
+        else:
+            def slice_params(s):
+                params = list(nodes[s].inputs[1:5])
+                return params + [""] * (4 - len(params))
+            a_params, g_params = slice_params(si_a), slice_params(si_g)
+        replace[gi] = Node("GegluLinear", gm.name + "/geglu_linear", [x, w, bias] + a_params + g_params,
+                           list(gm.outputs), dict(gm.attrs), FUSED_DOMAIN)
+        for s in shapes:
+            sn = nodes[s]
+            attrs = {"n": int(decl.shape[1])}
+            attrs.update({k: int(v) for k, v in sn.attrs.items() if k in ("start", "end")})
+            replace[s] = Node("MatMulShape", sn.name + "/matmul_shape", [x], list(sn.outputs), attrs, FUSED_DOMAIN)
+        removed.update(chain)
+    new_nodes = [replace.get(i, n) for i, n in enumerate(nodes) if i not in removed or i in replace]
+    return new_nodes, sum(n.op_type == "GegluLinear" for n in replace.values())
+
+
 def fuse_silu(graph: Graph, nodes: list[Node]) -> tuple[list[Node], int]:
     """Replace x * Sigmoid(x) (SiLU) and x * Sigmoid(alpha x) (QuickGELU, alpha a scalar
     constant) by onnxstream:Silu (ops/fused.py). Runs after fuse_group_norm, which takes the
@@ -640,6 +741,8 @@ def build_plan(graph: Graph, options: RunOptions) -> Plan:
     nodes, n_group_norm = fuse_group_norm(graph, list(graph.nodes))
     nodes, n_layer_norm = fuse_layer_norm(graph, nodes)
     nodes, n_gelu, n_gelu_mul = fuse_gelu(graph, nodes)
+    nodes, n_geglu = fuse_geglu_linear(graph, nodes)
+    n_gelu_mul -= n_geglu
     nodes, n_silu = fuse_silu(graph, nodes)
     nodes, n_attention = fuse_attention(graph, nodes, options)
     missing: dict[str, list[str]] = {}
@@ -692,5 +795,5 @@ def build_plan(graph: Graph, options: RunOptions) -> Plan:
              if not (step.row_gather and j == 0)]
     fusions = {name: k for name, k in (("GroupNorm", n_group_norm), ("SlicedAttention", n_attention),
                                        ("LayerNorm", n_layer_norm), ("Gelu", n_gelu), ("GeluMul", n_gelu_mul),
-                                       ("Silu", n_silu)) if k}
+                                       ("GegluLinear", n_geglu), ("Silu", n_silu)) if k}
     return Plan(steps, order, fusions, options)

@@ -296,3 +296,98 @@ def Silu(x, *, alpha=1.0, const_rank=0):
     with np.errstate(all="ignore"):
         t = x if alpha == 1.0 else np.multiply(x, np.full((1,) * const_rank, alpha, x.dtype))
         return np.asarray(np.multiply(x, elementwise.Sigmoid(np.asarray(t))))
+
+
+# --------------------------------------------------------------------------- GEGLU projection
+# The SD UNet's feed-forward starts with GEGLU: p = x @ W + b ([tokens, 2H]), then
+# p[..., :H] * Gelu(p[..., H:]). Unfused, p is the largest activation of a streamed run
+# (4096 x 2560 floats = 40 MiB at 512x512, plus the 20 MiB product). plan.fuse_geglu_linear
+# makes it one op that computes p a block of rows at a time, so only the [.., H] product is
+# alive. The exporter computes the split point at run time (Shape(p)[-1] / 2), so the op
+# receives both Slices' parameters as inputs and checks that they halve the last axis;
+# anything else runs the replaced ops.
+
+GEGLU_BLOCK_BYTES = 4 << 20     # rows of p computed at once (float32)
+
+
+def last_axis_range(rank: int, n: int, starts, ends, axes, steps) -> tuple[int, int] | None:
+    """(c0, c1) when Slice(starts, ends, axes, steps) on a rank-``rank`` tensor whose last axis
+    has n elements selects columns c0:c1 of that axis only, step 1; else None."""
+    starts, ends = tensor._ints(starts), tensor._ints(ends)
+    axes = tensor._ints(axes) if axes is not None else list(range(len(starts)))
+    steps = tensor._ints(steps) if steps is not None else [1] * len(starts)
+    if not (len(starts) == len(ends) == len(axes) == len(steps) == 1) or steps[0] != 1:
+        return None
+    if axes[0] not in (-1, rank - 1):
+        return None
+    c0, c1 = starts[0], ends[0]
+    c0, c1 = (min(max(c + n if c < 0 else c, 0), n) for c in (c0, c1))
+    return (c0, c1) if c0 < c1 else None
+
+
+def geglu_halves(rank: int, n: int, m_slice, g_slice) -> int | None:
+    """H when the two Slices take p[..., :H] (the multiplier) and p[..., H:] (Gelu's input)
+    with n == 2H; else None."""
+    m, g = last_axis_range(rank, n, *m_slice), last_axis_range(rank, n, *g_slice)
+    if m is None or g is None or n % 2 or m != (0, n // 2) or g != (n // 2, n):
+        return None
+    return n // 2
+
+
+def geglu_unfused(p, m_slice, g_slice, approximate, const_rank):
+    """The replaced Slice, Slice and GeluMul on the projection p."""
+    m, g = tensor.Slice10(p, *m_slice), tensor.Slice10(p, *g_slice)
+    return GeluMul(g, m, approximate=approximate, const_rank=const_rank)
+
+
+def geglu_rows(x2d, n, rows_fn, product_fn, dtype) -> np.ndarray:
+    """y [M, n/2] computed GEGLU_BLOCK_BYTES of p at a time: rows_fn(r0, r1) -> p rows [r, n]
+    (a fresh array), product_fn(m_half, g_half, out) writes m * Gelu(g) into out."""
+    m_rows, h = x2d.shape[0], n // 2
+    y = np.empty((m_rows, h), dtype)
+    step = max(1, GEGLU_BLOCK_BYTES // (n * 4))
+    for r0 in range(0, m_rows, step):
+        r1 = min(m_rows, r0 + step)
+        p = rows_fn(r0, r1)
+        product_fn(p[:, :h], p[:, h:], y[r0:r1])
+        del p
+    return y
+
+
+@op("GegluLinear", domain=DOMAIN)
+def GegluLinear(x, w, bias=None, m_starts=None, m_ends=None, m_axes=None, m_steps=None,
+                g_starts=None, g_ends=None, g_axes=None, g_steps=None, *, approximate="none", const_rank=0):
+    """GeluMul(Slice(p, g_*), Slice(p, m_*)) with p = MatMul(x, w) [+ bias]: the GEGLU
+    projection (plan.fuse_geglu_linear); m_*/g_* are the replaced Slices' inputs."""
+    m_slice, g_slice = (m_starts, m_ends, m_axes, m_steps), (g_starts, g_ends, g_axes, g_steps)
+    w = np.asarray(w)
+    ok = (isinstance(x, np.ndarray) and x.dtype == _F32 and w.dtype == _F32 and w.ndim == 2 and x.ndim >= 2
+          and x.shape[-1] == w.shape[0] and x.ndim >= max(const_rank, 1) and x.size > 0
+          and (bias is None or (bias.dtype == _F32 and bias.shape in ((w.shape[1],), (1, w.shape[1])))))
+    n = w.shape[1]
+    if not ok or geglu_halves(x.ndim, n, m_slice, g_slice) is None:
+        from . import linalg
+        p = linalg.MatMul(x, w)
+        if bias is not None:
+            p = np.asarray(np.add(p, bias))
+        return geglu_unfused(p, m_slice, g_slice, approximate, const_rank)
+    x2d = x.reshape(-1, x.shape[-1])
+    b = None if bias is None else bias.reshape(n)
+
+    def rows(r0, r1):
+        p = x2d[r0:r1] @ w
+        if b is not None:
+            p += b
+        return p
+
+    def product(mh, gh, out):
+        out[...] = GeluMul(np.ascontiguousarray(gh), mh, approximate=approximate)
+
+    return geglu_rows(x2d, n, rows, product, _F32).reshape(x.shape[:-1] + (n // 2,))
+
+
+@op("MatMulShape", domain=DOMAIN)
+def MatMulShape(x, *, n, start=0, end=None):
+    """Shape(x @ W)[start:end] for a weight W with n columns, from x alone: what a Shape of a
+    fused GEGLU projection becomes (the projection itself is never materialised)."""
+    return np.array((x.shape[:-1] + (int(n),))[start:end], dtype=np.int64)

@@ -25,6 +25,7 @@ from ..layout import is_nhwc, nhwc_buffer
 from ..weight_ref import WeightRef, materialize
 from .conv import Conv as numpy_conv, _ints, conv_nd, resolve_pads
 from .linalg import Gemm7 as numpy_gemm7, Gemm11 as numpy_gemm11, MatMul as numpy_matmul, matmul
+from . import fused
 from .registry import op
 from .winograd import PreparedWinograd, conv2d_winograd
 
@@ -438,3 +439,73 @@ def Gemm11(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, _ctx, _cach
     return _gemm(a, b, c, alpha, beta, transA, transB, _ctx,
                  lambda: numpy_gemm11(a, materialize(b), c, alpha=alpha, beta=beta, transA=transA, transB=transB),
                  _cache)
+
+
+# --------------------------------------------------------------------------- GEGLU projection
+# ops/fused.py GegluLinear (plan.fuse_geglu_linear): the projection computed a block of rows
+# at a time and multiplied by Gelu of its second half in the C kernel, so the [tokens, 2H]
+# projection never exists whole. The kernel for the rows is the measured XNNPACK/BLAS choice
+# of the whole projection (one packing per run, or the cached operator).
+
+@op("GegluLinear", domain=fused.DOMAIN, backend="native")
+def GegluLinear(x, w, bias=None, m_starts=None, m_ends=None, m_axes=None, m_steps=None,
+                g_starts=None, g_ends=None, g_axes=None, g_steps=None, *, approximate="none", const_rank=0,
+                _ctx, _cache=None, _weight_refs=(1,)):
+    m_slice, g_slice = (m_starts, m_ends, m_axes, m_steps), (g_starts, g_ends, g_axes, g_steps)
+    pool = _ctx.pool
+    entry = _cache.entry if _cache is not None else None
+    if entry is not None:
+        k, n, wdt = entry.k, entry.n, entry.dtype
+    else:
+        k, n, wdt = (w.shape[0], w.shape[1], w.dtype) if w.ndim == 2 else (-1, -1, None)
+    f32 = np.dtype(np.float32)
+    fast = (isinstance(x, np.ndarray) and x.dtype == f32 and wdt == f32 and x.ndim >= max(const_rank, 2)
+            and x.shape[-1] == k and x.size > 0 and approximate in ("none", "tanh")
+            and fused.geglu_halves(x.ndim, n, m_slice, g_slice) is not None)
+    if entry is None:
+        fast = fast and not isinstance(w, WeightRef) and (
+            bias is None or (bias.dtype == f32 and bias.shape in ((n,), (1, n))))
+    if not fast:
+        if entry is not None:
+            p = _cached_fc("GegluLinear", x, entry, pool)       # bias included
+        else:
+            p = MatMul(x, w, _ctx=_ctx)
+            if bias is not None:
+                p = np.asarray(np.add(p, bias))
+        return fused.geglu_unfused(p, m_slice, g_slice, approximate, const_rank)
+    x2d = np.ascontiguousarray(x).reshape(-1, k)
+    tanh = approximate == "tanh"
+    out_shape = x.shape[:-1] + (n // 2,)
+
+    def product(mh, gh, out):
+        native.gelu_mul_f32(gh, mh, tanh, out, pool=pool)
+
+    if entry is not None:
+        return fused.geglu_rows(x2d, n, lambda r0, r1: entry.run(x2d[r0:r1], pool), product, f32).reshape(out_shape)
+    b = None if bias is None else bias.reshape(n)
+    nbytes = w.nbytes + (0 if b is None else b.nbytes)
+    cacheable = _cache is not None and _cache.has_room(nbytes)
+    key = ("GegluLinear", x2d.shape[0], k, n, b is not None, pool.threads, "cached" if cacheable else "streamed")
+    prepared = []
+
+    def xnn():
+        if not prepared:
+            prepared.append(PreparedFC(w, b, True))
+        return fused.geglu_rows(x2d, n, lambda r0, r1: prepared[0].run(x2d[r0:r1], pool), product, f32)
+
+    def blas():
+        def rows(r0, r1):
+            p = np.matmul(x2d[r0:r1], w)
+            if b is not None:
+                p += b
+            return p
+        return fused.geglu_rows(x2d, n, rows, product, f32)
+
+    try:
+        y = kernel_choice.run_chosen(key, {"xnnpack": xnn, "blas": blas},
+                                     measure=_ctx.measure_kernels, default=_ctx.default_kernel)
+    finally:
+        if prepared and not (cacheable and kernel_choice.lookup(key) in ("xnnpack", None)
+                             and _cache.put(prepared[0], nbytes, (1,) if b is None else (1, 2))):
+            prepared[0].close()
+    return y.reshape(out_shape)
