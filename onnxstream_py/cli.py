@@ -1,6 +1,6 @@
 """The ``onnxstream`` command: convert, run, and the built-in demo.
 
-    onnxstream convert MODEL.onnx OUT_DIR [--fp16] [--fix-shape NAME=d0,d1,...]
+    onnxstream convert MODEL.onnx OUT_DIR [--precision fp32|fp16-storage|w8a32] [--fix-shape NAME=d0,d1,...]
     onnxstream run MODEL_DIR --input NAME=FILE.npy ... [--output-dir DIR] [--provider prefetch]
     onnxstream tune MODEL_DIR --input NAME=FILE.npy ...   # measure kernel choices (native backend)
     onnxstream demo            # convert + run the tiny SD UNet shipped in the package
@@ -39,14 +39,14 @@ def _options(args):
     return RunOptions(threads=args.threads, attention_slices=args.attention_slices, backend=args.backend,
                       operator_cache_bytes=cache, attention=args.attention,
                       max_weight_chunk_bytes=args.max_weight_chunk_mib << 20,
-                      activation_storage=args.activation_storage)
+                      activation_storage=args.activation_storage, precision=args.precision)
 
 
 def cmd_convert(args) -> int:
     from .converter import convert, parse_fix_shape
     fix = dict(parse_fix_shape(s) for s in args.fix_shape or [])
     t0 = time.perf_counter()
-    report = convert(args.model, args.out_dir, fp16=args.fp16, fix_shapes=fix)
+    report = convert(args.model, args.out_dir, fp16=args.fp16, fix_shapes=fix, precision=args.precision)
     print(report.summary())
     print(f"converted {args.model} -> {args.out_dir} in {time.perf_counter() - t0:.2f} s, "
           f"peak RSS {peak_rss_mib():.1f} MiB")
@@ -165,11 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stream larger Conv/MatMul/Gemm weights in chunks of rows (0: off; default 16)")
         sp.add_argument("--activation-storage", default="fp32", choices=["fp32", "fp16"],
                         help="fp16: keep long-lived activations (skip connections) as FP16 meanwhile")
+        sp.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "w8a8"],
+                        help="computing precision (default auto: the model's own; fp16 needs FP16 arithmetic, "
+                             "else runs fp32 with a warning; w8a8 needs a --quantize w8a8 model)")
 
     c = sub.add_parser("convert", help="convert an ONNX model into the streaming format")
     c.add_argument("model", help="MODEL.onnx (external data is read from beside it)")
     c.add_argument("out_dir")
-    c.add_argument("--fp16", action="store_true", help="store float weights as FP16 (computed in FP32)")
+    c.add_argument("--precision", choices=["fp32", "fp16-storage", "w8a32"], default=None,
+                   help="weights: fp32 (default), fp16-storage (FP16, computed in FP32) or w8a32 (int8 per "
+                        "output channel for Conv/MatMul/Gemm weights, computed in FP32)")
+    c.add_argument("--fp16", action="store_true", help="alias of --precision fp16-storage")
     c.add_argument("--fix-shape", action="append", metavar="NAME=d0,d1,...",
                    help="pin an input's shape and fold the shape arithmetic (repeatable)")
     c.set_defaults(fn=cmd_convert)

@@ -36,6 +36,13 @@ INFER_MAX_ROUNDS = 8              # shape-inference/fold rounds before giving up
 NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                     "Multinomial", "Bernoulli"}
 FP16_MAX = 65504.0
+# --precision: what convert stores (graph.PRECISIONS; w8a8 is --quantize's). See docs/FORMAT.md.
+CONVERT_PRECISIONS = ("fp32", "fp16-storage", "w8a32")
+# w8a32: linear-op weights with fewer elements stay float32 (int8 would save a few KiB and
+# cost a DequantizeLinear each); also keeps biases, norms and small projections exact.
+W8_MIN_ELEMENTS = 4096
+W8_MAX = 127          # symmetric int8 range [-127, 127] (XNNPACK's qc8 weights use the same)
+
 
 
 @dataclass
@@ -189,11 +196,53 @@ def _value_info(vi: onnx.ValueInfoProto, fixed: dict[str, list[int]] | None = No
 
 # ---------------------------------------------------------------- converter
 
+def resolve_precision(precision: str | None, fp16: bool) -> str:
+    """The convert precision from ``precision`` and the older ``fp16`` flag (its alias)."""
+    if fp16:
+        if precision not in (None, "fp16-storage"):
+            raise ConversionError(f"--fp16 (= --precision fp16-storage) contradicts --precision {precision}")
+        return "fp16-storage"
+    precision = precision or "fp32"
+    if precision not in CONVERT_PRECISIONS:
+        raise ConversionError(f"convert precision {precision!r} is not one of {', '.join(CONVERT_PRECISIONS)}"
+                              f"{' (w8a8 is --quantize w8a8 --calibration ...)' if precision == 'w8a8' else ''}")
+    return precision
+
+
+def quantize_weight_int8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-channel int8 of float w along ``axis`` (w8a32, docs/FORMAT.md "Precision"):
+    (q int8 like w, scale float32 [w.shape[axis]]), scale = max|w| / 127 per channel (1 for an
+    all-zero channel), q = clip(round_half_even(w / scale), -127, 127)."""
+    w = np.asarray(w, dtype=np.float32)
+    axis %= w.ndim
+    other = tuple(i for i in range(w.ndim) if i != axis)
+    amax = np.max(np.abs(w), axis=other) if other else np.abs(w)
+    scale = np.where(amax > 0, amax / np.float32(W8_MAX), np.float32(1.0)).astype(np.float32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.rint(w / scale.reshape(shape)), -W8_MAX, W8_MAX).astype(np.int8)
+    return q, scale
+
+
+def _linear_weight_axis(node: Node, rank: int) -> int | None:
+    """The output-channel axis of input 1 of a Conv / MatMul / Gemm (None for other ops)."""
+    if node.domain != "" or rank < 2:
+        return None
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "MatMul":
+        return rank - 1
+    if node.op_type == "Gemm" and rank == 2:
+        return 0 if node.attrs.get("transB", 0) else 1
+    return None
+
+
 class _Converter:
-    def __init__(self, model: onnx.ModelProto, base_dir: str, fp16: bool,
+    def __init__(self, model: onnx.ModelProto, base_dir: str, precision: str,
                  fix_shapes: dict[str, list[int]] | None, log):
         self.log = log
-        self.fp16 = fp16
+        self.precision = precision
+        self.fp16 = precision == "fp16-storage"
         self.report = ConvertReport(nodes_in=len(model.graph.node))
         if model.functions:
             from onnx import inliner
@@ -250,6 +299,9 @@ class _Converter:
             return True
         if node.op_type in NONDETERMINISTIC or node.domain not in ("",):
             return False
+        if (node.op_type == "DequantizeLinear" and node.inputs[0] in self.consts
+                and self.consts[node.inputs[0]].size > INLINE_MAX_ELEMENTS):
+            return False      # a QDQ model's int8 weight stays int8 (4x smaller; int8 kernels read it)
         if node.op_type in ("Shape", "Size") and node.inputs[0] not in self.consts:
             shape = shapes.get(node.inputs[0])
             if shape is None or any(not isinstance(d, int) for d in shape):
@@ -395,9 +447,65 @@ class _Converter:
                 needed.update(n for n in node.inputs if n)
         self.nodes = kept[::-1]
 
+    # ---- w8a32
+    def quantize_weights(self) -> int:
+        """w8a32: each large float32 weight read only as input 1 of Conv/MatMul/Gemm (with one
+        output-channel axis for all its readers) becomes int8 + DequantizeLinear, the
+        DequantizeLinear placed just before its first reader. The int8 values are computed
+        when written (write), one weight at a time. Returns the number of weights quantized."""
+        readers: dict[str, list[tuple[int, Node, int]]] = {}
+        for i, node in enumerate(self.nodes):
+            for j, name in enumerate(node.inputs):
+                if name in self.consts:
+                    readers.setdefault(name, []).append((i, node, j))
+        graph_outputs = {v.name for v in self.outputs}
+        self._w8: dict[str, tuple[_Const, int]] = {}   # int8 weight name -> (float weight, axis)
+        insert_at: dict[int, list[Node]] = {}
+        for name, uses in readers.items():
+            c = self.consts[name]
+            if c.dtype != np.float32 or c.size < W8_MIN_ELEMENTS or name in graph_outputs:
+                continue
+            axes = {_linear_weight_axis(node, len(c.shape)) if j == 1 else None for _, node, j in uses}
+            if len(axes) != 1 or None in axes:
+                continue
+            axis = axes.pop()
+            q_name, s_name, z_name = f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"
+            if any(n in self.consts for n in (q_name, s_name, z_name)):
+                continue       # a model that already has these names: leave that weight float
+            cout = c.shape[axis]
+            self.consts[q_name] = _Const(np.int8, c.shape, load=lambda: None)   # filled in write()
+            self.consts[s_name] = _Const(np.float32, (cout,), load=lambda: None)
+            self.consts[z_name] = _Const(np.int8, (cout,), value=np.zeros(cout, np.int8))
+            self._w8[q_name] = (self.consts.pop(name), axis)    # name is now DequantizeLinear's output
+            first = min(i for i, _, _ in uses)
+            insert_at.setdefault(first, []).append(
+                Node("DequantizeLinear", f"{name}_DequantizeLinear", [q_name, s_name, z_name], [name],
+                     {"axis": axis}))
+        nodes = []
+        for i, node in enumerate(self.nodes):
+            nodes.extend(insert_at.get(i, ()))
+            nodes.append(node)
+        self.nodes = nodes
+        if insert_at and self.opsets.get("", 1) < 13:
+            self.opsets[""] = 13           # DequantizeLinear's axis attribute needs opset 13
+        return len(self._w8)
+
+    def _quantized_value(self, name: str, cache: dict) -> np.ndarray:
+        """The int8 weight or its scale, quantizing the float weight once for both."""
+        if name not in cache:
+            cache.clear()
+            q_name = name if name in self._w8 else name[:-len("_scale")] + "_quantized"
+            source, axis = self._w8[q_name]
+            q, scale = quantize_weight_int8(source.value(), axis)
+            cache[q_name], cache[q_name[:-len("_quantized")] + "_scale"] = q, scale
+        return cache[name]
+
     # ---- writing
     def write(self, out_dir: str) -> ConvertReport:
         os.makedirs(out_dir, exist_ok=True)
+        self._w8 = getattr(self, "_w8", {})
+        w8_values = {n[:-len("_quantized")] + "_scale" for n in self._w8} | set(self._w8)
+        w8_cache: dict[str, np.ndarray] = {}
         order: list[str] = []
         seen: set[str] = set()
         for node in self.nodes:
@@ -409,6 +517,9 @@ class _Converter:
             if v.name in self.consts and v.name not in seen:
                 seen.add(v.name)
                 order.append(v.name)
+        for n in order:          # a small w8a32 scale goes inline: compute it now
+            if n in w8_values and self.consts[n].size <= INLINE_MAX_ELEMENTS:
+                self.consts[n] = _Const(np.float32, self.consts[n].shape, value=self._quantized_value(n, w8_cache))
         inline = [n for n in order if self.consts[n].size <= INLINE_MAX_ELEMENTS]
         weights = [n for n in order if self.consts[n].size > INLINE_MAX_ELEMENTS]
         if self.fp16:
@@ -420,7 +531,8 @@ class _Converter:
         writer = WeightsWriter(weights_path, specs)
         try:
             for n in weights:
-                writer.write(n, self.consts[n].value().astype(stored[n], copy=False))
+                value = self._quantized_value(n, w8_cache) if n in w8_values else self.consts[n].value()
+                writer.write(n, value.astype(stored[n], copy=False))
             writer.close()
         except BaseException:
             writer.abort()
@@ -432,8 +544,9 @@ class _Converter:
             consts={n: self.consts[n].value() for n in inline},
             weights={n: WeightDecl(n, self.consts[n].dtype, self.consts[n].shape, stored[n]) for n in weights},
             nodes=self.nodes,
-            comments=[f"converted by onnxstream_py{' --fp16' if self.fp16 else ''}; "
+            comments=[f"converted by onnxstream_py{'' if self.precision == 'fp32' else ' --precision ' + self.precision}; "
                       f"{len(self.nodes)} ops, {len(weights)} weights in {WEIGHTS_FILE}"],
+            precision=self.precision,
         )
         write_graph(graph, os.path.join(out_dir, GRAPH_FILE))
         r = self.report
@@ -466,13 +579,17 @@ def _stderr(msg: str) -> None:
 
 
 def convert_model_proto(model: onnx.ModelProto, out_dir: str, base_dir: str = ".", fp16: bool = False,
-                        fix_shapes: dict[str, list[int]] | None = None, log=None) -> ConvertReport:
-    """Convert an in-memory ModelProto (external data, if any, resolved against base_dir)."""
+                        fix_shapes: dict[str, list[int]] | None = None, log=None,
+                        precision: str | None = None) -> ConvertReport:
+    """Convert an in-memory ModelProto (external data, if any, resolved against base_dir).
+    ``precision``: "fp32" (default), "fp16-storage" (``fp16=True`` is its alias) or "w8a32"."""
     t0 = time.perf_counter()
-    conv = _Converter(model, base_dir, fp16, fix_shapes, log or (lambda m: None))
+    conv = _Converter(model, base_dir, resolve_precision(precision, fp16), fix_shapes, log or (lambda m: None))
     try:
         conv.fold()
         conv.prune()
+        if conv.precision == "w8a32":
+            conv.quantize_weights()
         report = conv.write(out_dir)
     finally:
         conv.cleanup()
@@ -481,14 +598,15 @@ def convert_model_proto(model: onnx.ModelProto, out_dir: str, base_dir: str = ".
 
 
 def convert(model_path: str, out_dir: str, fp16: bool = False,
-            fix_shapes: dict[str, list[int]] | None = None, log=_stderr) -> ConvertReport:
+            fix_shapes: dict[str, list[int]] | None = None, log=_stderr,
+            precision: str | None = None) -> ConvertReport:
     """Convert ``model_path`` (an .onnx file, with external data beside it) into ``out_dir``."""
     try:
         model = onnx.load(model_path, load_external_data=False)
     except Exception as e:  # noqa: BLE001  onnx raises several types for bad files
         raise ConversionError(f"cannot load ONNX model {model_path}: {e}") from None
     return convert_model_proto(model, out_dir, os.path.dirname(os.path.abspath(model_path)), fp16,
-                               fix_shapes, log)
+                               fix_shapes, log, precision)
 
 
 def parse_fix_shape(spec: str) -> tuple[str, list[int]]:

@@ -6,6 +6,7 @@ their bytes, offsets and checksums live in ``weights.bin`` (weights_providers.fo
 Specification: docs/FORMAT.md. This module imports numpy and the standard library only.
 
     onnxstream-graph 1
+    precision fp16-storage
     opset ai.onnx 17
     input sample float32 [batch,4,height,width]
     output out_sample float32 [batch,4,height,width]
@@ -28,6 +29,10 @@ GRAPH_VERSION = 1
 MISSING = "~"   # an omitted optional input
 EMPTY = "-"     # an empty name list
 UNKNOWN_RANK = "?"
+# What the weights are (a property of the file, see docs/FORMAT.md "Precision"): fp32 (no line),
+# fp16-storage (float weights stored as float16), w8a32 (int8 weights + DequantizeLinear),
+# w8a8 (QDQ on weights and activations). A file without the line is fp32.
+PRECISIONS = ("fp32", "fp16-storage", "w8a32", "w8a8")
 
 
 class GraphFormatError(Exception):
@@ -71,6 +76,7 @@ class Graph:
     weights: dict[str, WeightDecl]   # in order of first use
     nodes: list[Node]
     comments: list[str] = field(default_factory=list)
+    precision: str = "fp32"          # one of PRECISIONS
 
     def opset_for(self, domain: str) -> int:
         if domain in ("", "ai.onnx"):
@@ -122,6 +128,10 @@ def _dims(shape) -> str:
 def write_graph(graph: Graph, path: str) -> None:
     lines = [f"{GRAPH_MAGIC} {GRAPH_VERSION}"]
     lines += [f"# {c}" for c in graph.comments]
+    if graph.precision not in PRECISIONS:
+        raise ValueError(f"graph precision {graph.precision!r} is not one of {', '.join(PRECISIONS)}")
+    if graph.precision != "fp32":
+        lines.append(f"precision {graph.precision}")
     for domain, version in sorted(graph.opsets.items()):
         lines.append(f"opset {domain or 'ai.onnx'} {version}")
     for v in graph.inputs:
@@ -172,7 +182,11 @@ def _parse_static(token: str) -> tuple[int, ...]:
 
 
 def _parse_line(kind: str, rest: str, g: Graph) -> None:
-    if kind == "opset":
+    if kind == "precision":
+        if rest.strip() not in PRECISIONS:
+            raise ValueError(f"unknown precision {rest.strip()!r} (known: {', '.join(PRECISIONS)})")
+        g.precision = rest.strip()
+    elif kind == "opset":
         domain, version = rest.split()
         g.opsets["" if domain == "ai.onnx" else domain] = int(version)
     elif kind in ("input", "output"):

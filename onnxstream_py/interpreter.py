@@ -123,6 +123,10 @@ class Interpreter:
     def __init__(self, graph: Graph, plan: Plan, provider, ctx=None):
         for a in graph.consts.values():
             a.flags.writeable = False
+        if plan.dequant_weights:      # 8-bit weights served as float32 (weight_dequant.py)
+            from .weight_dequant import DequantProvider, graph_view
+            graph = graph_view(graph, plan.dequant_weights)
+            provider = DequantProvider(provider, plan.dequant_weights, graph, ctx)
         self.ctx = ctx            # NativeContext for native ops (None on the numpy backend)
         self.graph = graph
         self.plan = plan

@@ -6,6 +6,7 @@ the execution (reporting every unsupported op at once) and then runs any number 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -15,7 +16,7 @@ from weights_providers.base import WeightsProvider
 from weights_providers.format import WEIGHTS_FILE, WeightsError
 
 from .errors import EngineError, InputError
-from . import kernel_choice
+from . import kernel_choice, precision
 from .graph import GRAPH_FILE, Graph, read_graph
 from .interpreter import Interpreter
 from .native_context import NativeContext
@@ -63,6 +64,10 @@ class Model:
             raise EngineError(f"{path} is an ONNX file; convert it once with `onnxstream convert {path} OUT_DIR` "
                               f"and load OUT_DIR")
         self.graph: Graph = read_graph(os.path.join(path, GRAPH_FILE))
+        # what this run computes in ("fp32", "fp16", "w8a8"); "fp16" without FP16 arithmetic -> "fp32"
+        self.precision = precision.resolve(self.graph, self.options.precision)
+        if self.options.precision == "fp16" and self.precision != "fp16":
+            self.options = dataclasses.replace(self.options, precision=self.precision)
         self.plan: Plan = build_plan(self.graph, self.options)
         weights_path = os.path.join(path, WEIGHTS_FILE)
         if isinstance(provider, str):

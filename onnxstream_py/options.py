@@ -54,6 +54,10 @@ class RunOptions:
     # heap pages to the OS (glibc malloc_trim; interpreter._Trimmer). glibc otherwise keeps freed
     # arrays below 32 MiB for reuse: ~60 MiB of the SD 1.5 UNet's streaming peak RSS. None: never.
     malloc_trim_slack_bytes: int | None = 48 * MiB
+    # Computing precision (precision.py): "auto" (the model's own: int8 kernels for a w8a8/QDQ
+    # model, fp32 for fp32 / fp16-storage / w8a32 ones), "fp32", "fp16" (FP16 arithmetic where
+    # the CPU has it, else fp32 with a warning) or "w8a8" (an error on a model without QDQ).
+    precision: str = "auto"
 
     def __post_init__(self):
         if self.threads is not None and self.threads < 1:
@@ -75,5 +79,7 @@ class RunOptions:
             raise ValueError(f"RunOptions.malloc_trim_slack_bytes must be >= 0 or None, got {self.malloc_trim_slack_bytes}")
         if self.activation_storage not in ("fp32", "fp16"):
             raise ValueError(f"RunOptions.activation_storage must be 'fp32' or 'fp16', got {self.activation_storage!r}")
+        if self.precision not in ("auto", "fp32", "fp16", "w8a8"):
+            raise ValueError(f"RunOptions.precision must be 'auto', 'fp32', 'fp16' or 'w8a8', got {self.precision!r}")
         if self.backend not in ("numpy", "native"):
             raise ValueError(f"RunOptions.backend must be 'numpy' or 'native', got {self.backend!r}")

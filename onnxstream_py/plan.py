@@ -41,6 +41,7 @@ class Plan:
     weight_order: list[str]               # weights in request order (rows-only fetches excluded)
     fusions: dict[str, int] = field(default_factory=dict)
     options: RunOptions | None = None     # what it was planned with (the interpreter reads its run-time knobs)
+    dequant_weights: dict = field(default_factory=dict)   # plan_weight_dequant: weight -> DequantWeight
 
 
 def _consumer_counts(nodes: list[Node]) -> dict[str, int]:
@@ -698,6 +699,55 @@ def fuse_silu(graph: Graph, nodes: list[Node]) -> tuple[list[Node], int]:
 
 # A value whose next reader is more than this many steps away is stored as float16 meanwhile
 # (activation_storage="fp16"). The SD 1.5 UNet's skip connections wait 300-2000 steps; the
+def plan_weight_dequant(graph: Graph, nodes: list[Node]):
+    """Drop each DequantizeLinear of a stored 8-bit weight (w8a32, or a QDQ model's weight no
+    int8 kernel took) and declare its output a float32 weight fetched dequantized
+    (weight_dequant.py): its readers then get an ordinary weight - read just before the op,
+    released after, in row chunks with DiskNoCache - instead of a full float activation.
+    Needs a per-tensor or per-axis float32 scale and zero point (constants or weights).
+    Returns (graph with those weights declared, nodes, {weight name: DequantWeight})."""
+    from .weight_dequant import DequantWeight, graph_view
+    outputs = {v.name for v in graph.outputs}
+    dequant: dict[str, DequantWeight] = {}
+    kept = []
+    q8 = (np.dtype(np.int8), np.dtype(np.uint8))
+
+    def param(name: str):
+        """(dtype, size, ndim) of a const or weight, None otherwise."""
+        if name in graph.consts:
+            a = graph.consts[name]
+            return a.dtype, a.size, a.ndim
+        if name in graph.weights:
+            w = graph.weights[name]
+            return w.dtype, int(np.prod(w.shape, dtype=np.int64)), len(w.shape)
+        return None
+
+    for node in nodes:
+        ins = list(node.inputs) + ["", ""]
+        src = graph.weights.get(ins[0])
+        scale = param(ins[1]) if ins[1] else None
+        zp = param(ins[2]) if ins[2] else None
+        ok = (node.op_type == "DequantizeLinear" and node.domain == "" and len(node.outputs) == 1
+              and node.outputs[0] not in outputs and node.outputs[0] not in graph.weights
+              and src is not None and src.dtype in q8 and len(src.shape) >= 1
+              and not node.attrs.get("block_size", 0) and node.attrs.get("output_dtype", 0) in (0, 1)
+              and scale is not None and scale[0] == np.float32 and (not ins[2] or zp is not None))
+        if ok:
+            rank = len(src.shape)
+            axis = node.attrs.get("axis", 1) if graph.opset_for("") >= 13 else 0
+            per_tensor = scale[1] == 1 and scale[2] <= 1
+            ok = per_tensor or (scale[2] == 1 and -rank <= axis < rank and scale[1] == src.shape[axis % rank])
+            ok = ok and (zp is None or (zp[0] == src.dtype and zp[1] == scale[1]))
+        if not ok:
+            kept.append(node)
+            continue
+        axis = 0 if per_tensor else axis % rank
+        dequant[node.outputs[0]] = DequantWeight(node.outputs[0], ins[0], ins[1], ins[2], axis, tuple(src.shape))
+    if not dequant:
+        return graph, nodes, dequant
+    return graph_view(graph, dequant), kept, dequant
+
+
 # residual around a transformer block ~40-60 (also worth it at 64x64: 5 MB each); a resnet's
 # shortcut ~10-20 (left alone: converting twice would cost more than it saves).
 FP16_STORAGE_MIN_GAP = 32
@@ -745,6 +795,7 @@ def build_plan(graph: Graph, options: RunOptions) -> Plan:
     n_gelu_mul -= n_geglu
     nodes, n_silu = fuse_silu(graph, nodes)
     nodes, n_attention = fuse_attention(graph, nodes, options)
+    graph, nodes, dequant = plan_weight_dequant(graph, nodes)   # from here on graph declares them
     missing: dict[str, list[str]] = {}
     steps: list[Step] = []
     for node in nodes:
@@ -793,7 +844,8 @@ def build_plan(graph: Graph, options: RunOptions) -> Plan:
 
     order = [step.node.inputs[j] for step in steps for j in sorted(step.weight_inputs)
              if not (step.row_gather and j == 0)]
+    order = [s for n in order for s in (dequant[n].sources(graph) if n in dequant else (n,))]
     fusions = {name: k for name, k in (("GroupNorm", n_group_norm), ("SlicedAttention", n_attention),
                                        ("LayerNorm", n_layer_norm), ("Gelu", n_gelu), ("GeluMul", n_gelu_mul),
                                        ("GegluLinear", n_geglu), ("Silu", n_silu)) if k}
-    return Plan(steps, order, fusions, options)
+    return Plan(steps, order, fusions, options, dequant)
