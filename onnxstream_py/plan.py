@@ -697,6 +697,167 @@ def fuse_silu(graph: Graph, nodes: list[Node]) -> tuple[list[Node], int]:
     return _replace_chains(nodes, removed, replace), len(replace)
 
 
+def fuse_qdq(graph: Graph, nodes: list[Node]) -> tuple[list[Node], dict[str, int]]:
+    """W8A8: fold a QDQ graph's DequantizeLinear -> op -> QuantizeLinear patterns into quantized
+    fused ops that read and write the int8 tensors (ops/qfused.py, ops/native_int8.py):
+
+        DQ(x_q) , DQ(w_q int8 weight, per output channel) [, bias] -> Conv [-> Q]   => QConv
+        DQ(a_q) , DQ(w_q [K, N] axis 1) -> MatMul [-> Q]                            => QLinear
+        DQ(a_q) , DQ(w_q) [, C] -> Gemm(alpha = beta = 1, transA = 0) [-> Q]         => QLinear
+        DQ(x_q) [, other inputs] -> any other op -> Q                               => QDQ
+
+    An activation's DQ/Q must be per tensor with an int8 zero point (constants); a weight's DQ
+    must read an int8 weight with a scale per output channel (or one) and zero points that are
+    absent, zero constants, or int8 weights (checked when the op runs). The Q must be the only
+    reader of the op's output; without it only Conv/MatMul/Gemm fuse (their float output
+    computed from int8 without a full float input). A DQ left without readers is dropped;
+    every other Q/DQ stays and runs as the plain op (correct, not lean).
+    Reference: onnxruntime's QDQ format (quantize_static, QuantFormat.QDQ); quantize.py.
+    """
+    ix = _ChainIndex(graph, nodes)
+
+    def const(name: str):
+        return graph.consts.get(name) if name else None
+
+    def per_tensor_i8(scale: str, zp: str) -> bool:
+        s, z = const(scale), const(zp)
+        return (s is not None and np.size(s) == 1 and np.asarray(s).dtype == np.float32
+                and z is not None and np.size(z) == 1 and np.asarray(z).dtype == np.int8)
+
+    def dq_activation(name: str) -> list[str] | None:
+        i = ix.node(name, "DequantizeLinear")
+        if i is None or len(nodes[i].inputs) != 3:
+            return None
+        x, s, z = nodes[i].inputs
+        if x in graph.weights or x in graph.consts or not per_tensor_i8(s, z):
+            return None
+        return [x, s, z]
+
+    def shape_of(name: str):
+        if name in graph.weights:
+            return tuple(graph.weights[name].shape)
+        c = const(name)
+        return None if c is None else np.shape(c)
+
+    def dtype_of(name: str):
+        if name in graph.weights:
+            return np.dtype(graph.weights[name].dtype)
+        c = const(name)
+        return None if c is None else np.asarray(c).dtype
+
+    def dq_weight(name: str, axis: int, rank: int, qdtype=np.int8) -> list[str] | None:
+        i = ix.node(name, "DequantizeLinear")
+        if i is None or len(nodes[i].inputs) not in (2, 3):
+            return None
+        ins = list(nodes[i].inputs) + [""] * (3 - len(nodes[i].inputs))
+        w, s, z = ins
+        shape = shape_of(w)
+        if shape is None or len(shape) != rank or dtype_of(w) != np.dtype(qdtype):
+            return None
+        s_shape = shape_of(s)
+        if s_shape is None or dtype_of(s) != np.float32:
+            return None
+        if int(np.prod(s_shape, dtype=np.int64)) != 1:
+            if len(s_shape) != 1 or nodes[i].attrs.get("axis", 1) % rank != axis or s_shape[0] != shape[axis]:
+                return None
+        if z:
+            zc = const(z)
+            if zc is not None and np.any(np.asarray(zc)):
+                return None
+            if dtype_of(z) != np.dtype(qdtype):
+                return None
+        return [w, s, z]
+
+    def bias_inputs(name: str, n: int | None) -> list[str] | None:
+        """[b, b_scale, b_zp] of a float bias (weight or constant) or a DQ of an int32 one."""
+        if not name:
+            return ["", "", ""]
+        if name in graph.weights or name in graph.consts:
+            shape = shape_of(name)
+            ok = dtype_of(name) == np.float32 and len(shape) == 1 and (n is None or shape[0] == n)
+            return [name, "", ""] if ok else None
+        q = dq_weight(name, 0, 1, np.int32)
+        return q
+
+    def output_q(node: Node) -> list[str] | None:
+        """[q_output, y_scale, y_zp] when the node's single output is read by one per-tensor
+        int8 QuantizeLinear only; None otherwise."""
+        if len(node.outputs) != 1:
+            return None
+        qi = ix.user(node.outputs[0], "QuantizeLinear")
+        if qi is None:
+            return None
+        q = nodes[qi]
+        if len(q.inputs) != 3 or not per_tensor_i8(q.inputs[1], q.inputs[2]) or q.attrs.get("saturate", 1) != 1:
+            return None
+        return [q.outputs[0], q.inputs[1], q.inputs[2], qi]
+
+    removed: set[int] = set()
+    replace: dict[int, Node] = {}
+    counts = {"QConv": 0, "QLinear": 0, "QDQ": 0}
+    for i, n in enumerate(nodes):
+        if n.domain not in ("", FUSED_DOMAIN) or n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        if len(n.outputs) != 1 or not n.inputs:
+            continue
+        q = output_q(n)
+        fused = None
+        if n.domain == "" and n.op_type in ("Conv", "MatMul", "Gemm") and len(n.inputs) >= 2:
+            x = dq_activation(n.inputs[0])
+            if n.op_type == "Conv":
+                w = dq_weight(n.inputs[1], 0, 4)
+                cout = shape_of(w[0])[0] if w else None
+                b = bias_inputs(n.inputs[2] if len(n.inputs) > 2 else "", cout)
+                attrs = dict(n.attrs)
+                op_type = "QConv"
+            elif n.op_type == "MatMul":
+                w = dq_weight(n.inputs[1], 1, 2)
+                b, attrs, op_type = ["", "", ""], {"weight_kn": 1}, "QLinear"
+            else:
+                a = n.attrs
+                trans_b = int(a.get("transB", 0))
+                ok = float(a.get("alpha", 1.0)) == 1.0 and int(a.get("transA", 0)) == 0
+                c = n.inputs[2] if len(n.inputs) > 2 else ""
+                ok = ok and (not c or float(a.get("beta", 1.0)) == 1.0)
+                w = dq_weight(n.inputs[1], 0 if trans_b else 1, 2) if ok else None
+                ncols = None if w is None else shape_of(w[0])[0 if trans_b else 1]
+                b = bias_inputs(c, ncols) if ok else None
+                attrs, op_type = {"weight_kn": 0 if trans_b else 1}, "QLinear"
+            if x is None or w is None or b is None:
+                continue
+            out = [q[0]] if q else list(n.outputs)
+            ys = q[1:3] if q else ["", ""]
+            fused = Node(op_type, n.name + "/" + op_type.lower(), x + w + b + ys, out, attrs, FUSED_DOMAIN)
+        elif q is not None:
+            ins, qin = [], []
+            for name in n.inputs:
+                dq = dq_activation(name) if name else None
+                if dq is not None:
+                    ins += dq
+                    qin.append(1)
+                else:
+                    ins.append(name)
+                    qin.append(0)
+            if not any(qin):
+                continue
+            op_type = "QDQ"
+            fused = Node("QDQ", n.name + "/qdq", ins + q[1:3], [q[0]],
+                         {"op_type": n.op_type, "op_domain": n.domain, "op_opset": graph.opset_for(n.domain),
+                          "op_attrs": dict(n.attrs), "qin": qin, "qout": 1}, FUSED_DOMAIN)
+        if fused is None or (q and q[3] in removed):
+            continue
+        replace[i] = fused
+        if q:
+            removed.add(q[3])
+        counts[op_type] += 1
+    nodes = _replace_chains(nodes, removed, replace)
+    # DequantizeLinear nodes nobody reads any more
+    used = {name for n in nodes for name in n.inputs if name} | {v.name for v in graph.outputs}
+    nodes = [n for n in nodes if not (n.op_type == "DequantizeLinear" and n.domain == ""
+                                      and n.outputs[0] not in used)]
+    return nodes, {k: v for k, v in counts.items() if v}
+
+
 # A value whose next reader is more than this many steps away is stored as float16 meanwhile
 # (activation_storage="fp16"). The SD 1.5 UNet's skip connections wait 300-2000 steps; the
 def plan_weight_dequant(graph: Graph, nodes: list[Node]):
@@ -795,6 +956,9 @@ def build_plan(graph: Graph, options: RunOptions) -> Plan:
     n_gelu_mul -= n_geglu
     nodes, n_silu = fuse_silu(graph, nodes)
     nodes, n_attention = fuse_attention(graph, nodes, options)
+    n_qdq: dict[str, int] = {}
+    if options.backend == "native" and getattr(options, "precision", "auto") in ("auto", "w8a8"):
+        nodes, n_qdq = fuse_qdq(graph, nodes)
     graph, nodes, dequant = plan_weight_dequant(graph, nodes)   # from here on graph declares them
     missing: dict[str, list[str]] = {}
     steps: list[Step] = []
@@ -848,4 +1012,5 @@ def build_plan(graph: Graph, options: RunOptions) -> Plan:
     fusions = {name: k for name, k in (("GroupNorm", n_group_norm), ("SlicedAttention", n_attention),
                                        ("LayerNorm", n_layer_norm), ("Gelu", n_gelu), ("GeluMul", n_gelu_mul),
                                        ("GegluLinear", n_geglu), ("Silu", n_silu)) if k}
+    fusions.update(n_qdq)
     return Plan(steps, order, fusions, options, dequant)

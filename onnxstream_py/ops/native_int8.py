@@ -1,0 +1,322 @@
+"""Native quantized fused ops (W8A8): QConv / QLinear on XNNPACK's per-channel int8 (qc8)
+kernels, QDQ with int8 GroupNorm(+SiLU) and qs8 Add/Mul in C, everything else through the
+blockwise runner of ops/qfused.py (whose numpy ops are the reference semantics).
+
+Trade-off: XNNPACK accumulates int8 x int8 exactly in int32 and requantizes each output once,
+where the unfused QDQ graph convolves dequantized floats: the results differ by float
+rounding only (measured within one int8 unit, tests/test_int8.py). A case the int8 kernels do
+not take (non-zero weight zero points, uint8 activations, scales outside XNNPACK's accepted
+ranges, ranks other than 4 for Conv) runs the numpy op: same result, no fast path. A QConv
+whose output stays float (the graph's last conv) runs XNNPACK's float convolution on bands of
+output rows, dequantizing only the input rows of one band, so the full float input (128
+channels at 512x512 = 128 MiB in the SD VAE decoder) never exists.
+Reference: https://onnx.ai/onnx/operators/onnx__QLinearConv.html (same arithmetic).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import native
+from ..layout import is_nhwc, nhwc_buffer, nhwc_empty
+from . import fused, qfused
+from .attention import DOMAIN
+from .conv import _ints, resolve_pads
+from .registry import lookup, op
+
+_I8 = np.dtype(np.int8)
+_F32 = np.dtype(np.float32)
+FLOAT_BAND_ELEMS = 1 << 20     # float input values per band of a float-output QConv (4 MiB)
+
+
+def _nhwc_i8(x: np.ndarray) -> np.ndarray:
+    """The [N, H, W, C] int8 buffer of x: its own memory when channels-last, else one transpose."""
+    if is_nhwc(x):
+        return nhwc_buffer(x)
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+def _zero(zp) -> bool:
+    return zp is None or not np.any(np.asarray(zp))
+
+
+def _channel_scales(w_scale, cout: int) -> np.ndarray | None:
+    s = np.asarray(w_scale)
+    if s.dtype != _F32 or s.size not in (1, cout) or s.ndim > 1:
+        return None
+    return np.ascontiguousarray(np.broadcast_to(s.reshape(-1), (cout,)), _F32)
+
+
+def _int32_bias(bf, xs: np.float32, ws: np.ndarray, cout: int) -> np.ndarray | None:
+    """A float bias in units of x_scale * w_scale[c], rounded half to even (XNNPACK's int32
+    bias); None when it does not fit int32."""
+    if bf is None:
+        return np.zeros(cout, np.int32)
+    bf = np.asarray(bf, np.float64).reshape(-1)
+    if bf.size != cout:
+        return None
+    q = np.rint(bf / (np.float64(xs) * ws.astype(np.float64)))
+    if not np.all(np.abs(q) < 2 ** 31 - 1):
+        return None
+    return q.astype(np.int32)
+
+
+def _cache_put(cache, entry, present: tuple[int, ...]) -> bool:
+    """Keep a created operator across runs when every input it embeds (all but input 0) is a
+    weight or a constant."""
+    if cache is None or not cache.has_room(entry.nbytes):
+        return False
+    covers = tuple(i for i in present if i > 0)
+    if not set(covers) <= set(cache.static):
+        return False
+    return cache.put(entry, entry.nbytes, covers)
+
+
+def _present(*inputs) -> tuple[int, ...]:
+    return tuple(i for i, v in enumerate(inputs) if v is not None)
+
+
+class PreparedQConv:
+    """A created qc8 convolution and the quantization it was made for (operator-cache entry)."""
+
+    def __init__(self, conv: native.XnnQConv2d, x_q: tuple):
+        self.conv, self.x_q, self.cin = conv, x_q, conv.cin
+        self.nbytes = conv.nbytes
+
+    def run(self, x: np.ndarray, pool) -> np.ndarray:
+        return self.conv.run(_nhwc_i8(x), pool=pool).transpose(0, 3, 1, 2)
+
+    def close(self) -> None:
+        self.conv.close()
+
+
+def _conv_geometry(x, w, auto_pad, dilations, group, kernel_shape, pads, strides):
+    """(strides, onnx_pads, dilations, group) of a 2-D Conv the int8 kernels can run, else None."""
+    if x.ndim != 4 or w.ndim != 4 or x.size == 0 or w.size == 0:
+        return None
+    if kernel_shape is not None and list(kernel_shape) != list(w.shape[2:]):
+        return None
+    strides = _ints(strides, 2, 1, "strides", "QConv")
+    dilations = _ints(dilations, 2, 1, "dilations", "QConv")
+    onnx_pads = resolve_pads("QConv", x.shape[2:], w.shape[2:], strides, dilations, pads, auto_pad)
+    group = int(group)
+    cin, cout = x.shape[1], w.shape[0]
+    if group < 1 or cin % group or cout % group or w.shape[1] * group != cin:
+        return None
+    if any(x.shape[2 + i] + onnx_pads[i] + onnx_pads[2 + i] - (w.shape[2 + i] - 1) * dilations[i] - 1 < 0
+           for i in range(2)):
+        return None
+    return strides, onnx_pads, dilations, group
+
+
+def qconv_float_out(x, x_q, wf, bf, strides, onnx_pads, dilations, group, pool) -> np.ndarray:
+    """Conv(DQ(x), wf) + bf in float32 on XNNPACK, band by band of output rows: each band
+    dequantizes just the input rows it reads (zero rows stand for the top/bottom padding).
+    Returns the NCHW-shaped channels-last view of the NHWC result."""
+    xb = _nhwc_i8(x)
+    n, h, wd, c = xb.shape
+    cout, _, kh, kw = wf.shape
+    sh, sw = strides
+    dh, dw = dilations
+    pt, pl, pb, pr = onnx_pads
+    oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
+    ow = (wd + pl + pr - (kw - 1) * dw - 1) // sw + 1
+    y = native.xnn_empty((n, oh, ow, cout), _F32)
+    rows_in = max(1, FLOAT_BAND_ELEMS // max(1, n * wd * c))
+    band = max(1, (rows_in - (kh - 1) * dh - 1) // sh + 1)
+    with native.XnnConv2d(np.ascontiguousarray(wf, _F32), None if bf is None else np.ascontiguousarray(bf, _F32),
+                          groups=group, strides=strides, dilations=dilations, pads=(0, pl, 0, pr)) as conv:
+        for r0 in range(0, oh, band):
+            r1 = min(oh, r0 + band)
+            lo, hi = r0 * sh - pt, (r1 - 1) * sh - pt + (kh - 1) * dh + 1
+            buf = native.xnn_empty((n, hi - lo, wd, c), _F32)
+            a, b = max(lo, 0), min(hi, h)
+            if a > lo:
+                buf[:, :a - lo] = 0
+            if hi > b:
+                buf[:, b - lo:] = 0
+            if b > a:
+                buf[:, a - lo:b - lo] = qfused.dequantize(xb[:, a:b], *x_q)
+            if n == 1:
+                conv.run(buf, y[:, r0:r1], pool=pool)
+            else:
+                y[:, r0:r1] = conv.run(buf, pool=pool)
+            del buf
+    return y.transpose(0, 3, 1, 2)
+
+
+@op("QConv", domain=DOMAIN, backend="native")
+def QConv(x, x_scale, x_zp, w, w_scale, w_zp=None, b=None, b_scale=None, b_zp=None, y_scale=None, y_zp=None, *,
+          auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None, _ctx, _cache=None):
+    prepared = None if _cache is None else _cache.entry
+    if prepared is not None:
+        if x.ndim != 4 or x.shape[1] != prepared.cin or x.dtype != _I8:
+            raise ValueError(f"QConv: input {x.dtype}{list(x.shape)} does not fit the cached operator "
+                             f"(int8, {prepared.cin} input channels)")
+        return prepared.run(x, _ctx.pool)
+    attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
+                 strides=strides)
+
+    def reference():
+        return qfused.QConv(x, x_scale, x_zp, w, w_scale, w_zp, b, b_scale, b_zp, y_scale, y_zp, **attrs)
+
+    if not (isinstance(x, np.ndarray) and x.dtype == _I8 and isinstance(w, np.ndarray) and w.dtype == _I8
+            and np.asarray(x_zp).dtype == _I8 and _zero(w_zp)):
+        return reference()
+    geo = _conv_geometry(x, w, **attrs)
+    ws = _channel_scales(w_scale, w.shape[0])
+    if geo is None or ws is None:
+        return reference()
+    strides, onnx_pads, dilations, group = geo
+    x_q = qfused.qparams(x_scale, x_zp)
+    bf = qfused._bias_float(b, b_scale, b_zp)
+    if y_scale is None:
+        wf = qfused._dq_weight(w, w_scale, None, 0)
+        return qconv_float_out(x, x_q, wf, bf, strides, onnx_pads, dilations, group, _ctx.pool)
+    y_q = qfused.qparams(y_scale, y_zp)
+    bias = _int32_bias(bf, x_q[0], ws, w.shape[0])
+    req = x_q[0] * ws / y_q[0]
+    if bias is None or not (np.all(req >= native.QCONV_SCALE_RANGE[0]) and np.all(req < native.QCONV_SCALE_RANGE[1])):
+        return reference()
+    conv = native.XnnQConv2d(w, ws, bias, x_scale=x_q[0], x_zero_point=x_q[1], y_scale=y_q[0], y_zero_point=y_q[1],
+                             groups=group, strides=strides, dilations=dilations,
+                             pads=[onnx_pads[0], onnx_pads[1], onnx_pads[2], onnx_pads[3]])
+    p = PreparedQConv(conv, x_q)
+    inputs_present = _present(x, x_scale, x_zp, w, w_scale, w_zp, b, b_scale, b_zp, y_scale, y_zp)
+    try:
+        y = p.run(x, _ctx.pool)
+    except BaseException:
+        p.close()
+        raise
+    if not _cache_put(_cache, p, inputs_present):
+        p.close()
+    return y
+
+
+class PreparedQLinear:
+    """A qc8 1x1 convolution over [M, K] rows: the per-channel int8 fully-connected path
+    (this XNNPACK's fully_connected_nc_qs8 takes one weight scale only)."""
+
+    def __init__(self, conv: native.XnnQConv2d, k: int, n: int):
+        self.conv, self.k, self.n = conv, k, n
+        self.nbytes = conv.nbytes
+
+    def run(self, a: np.ndarray, pool) -> np.ndarray:
+        m = a.size // self.k
+        a4 = np.ascontiguousarray(a).reshape(m, 1, 1, self.k)
+        return self.conv.run(a4, pool=pool).reshape(a.shape[:-1] + (self.n,))
+
+    def close(self) -> None:
+        self.conv.close()
+
+
+@op("QLinear", domain=DOMAIN, backend="native")
+def QLinear(a, a_scale, a_zp, w, w_scale, w_zp=None, b=None, b_scale=None, b_zp=None, y_scale=None, y_zp=None, *,
+            weight_kn=1, _ctx, _cache=None):
+    prepared = None if _cache is None else _cache.entry
+    if prepared is not None:
+        if a.ndim < 1 or a.shape[-1] != prepared.k or a.dtype != _I8:
+            raise ValueError(f"QLinear: input {a.dtype}{list(a.shape)} does not fit the cached operator "
+                             f"(int8, K={prepared.k})")
+        return prepared.run(a, _ctx.pool)
+
+    def reference():
+        return qfused.QLinear(a, a_scale, a_zp, w, w_scale, w_zp, b, b_scale, b_zp, y_scale, y_zp,
+                              weight_kn=weight_kn)
+
+    if not (isinstance(a, np.ndarray) and a.dtype == _I8 and a.ndim >= 1 and isinstance(w, np.ndarray)
+            and w.dtype == _I8 and w.ndim == 2 and np.asarray(a_zp).dtype == _I8 and _zero(w_zp)
+            and y_scale is not None and a.size > 0):
+        return reference()
+    wnk = w.T if weight_kn else w
+    n, k = wnk.shape
+    ws = _channel_scales(w_scale, n)
+    if a.shape[-1] != k or ws is None:
+        return reference()
+    a_q, y_q = qfused.qparams(a_scale, a_zp), qfused.qparams(y_scale, y_zp)
+    bias = _int32_bias(qfused._bias_float(b, b_scale, b_zp), a_q[0], ws, n)
+    req = a_q[0] * ws / y_q[0]
+    if bias is None or not (np.all(req >= native.QCONV_SCALE_RANGE[0]) and np.all(req < native.QCONV_SCALE_RANGE[1])):
+        return reference()
+    conv = native.XnnQConv2d(np.ascontiguousarray(wnk).reshape(n, k, 1, 1), ws, bias, x_scale=a_q[0],
+                             x_zero_point=a_q[1], y_scale=y_q[0], y_zero_point=y_q[1])
+    p = PreparedQLinear(conv, k, n)
+    inputs_present = _present(a, a_scale, a_zp, w, w_scale, w_zp, b, b_scale, b_zp, y_scale, y_zp)
+    try:
+        y = p.run(a, _ctx.pool)
+    except BaseException:
+        p.close()
+        raise
+    if not _cache_put(_cache, p, inputs_present):
+        p.close()
+    return y
+
+
+def _qgroup_norm(vals, qps, y_q, attrs, pool):
+    """The fused GroupNorm(+SiLU) on int8 in C, or None when its parameters are not the
+    per-channel float32 case (the generic runner then computes it)."""
+    x = vals[0]
+    if not (isinstance(x, np.ndarray) and x.dtype == _I8 and x.ndim >= 2 and x.size and qps[0] is not None
+            and all(q is None for q in qps[1:])):
+        return None
+    groups = attrs.get("num_groups")
+    params = list(vals[1:]) + [None] * (5 - len(vals))
+    probe = np.broadcast_to(np.float32(0), x.shape)       # per_channel_affine reads shapes only
+    aff = fused.per_channel_affine(probe, *params[:4], groups, attrs.get("batch", 0), attrs.get("shape"))
+    if aff is None:
+        return None
+    eps, silu = float(attrs.get("epsilon", 1e-5)), bool(attrs.get("silu", 0))
+    if is_nhwc(x):
+        n, c, h, wd = x.shape
+        out = nhwc_empty(x.shape, _I8)
+        native.qgroup_norm_act(nhwc_buffer(x).reshape(n, h * wd, c), aff[0], aff[1], groups, eps, qps[0], y_q,
+                               silu, channels_last=True, out=nhwc_buffer(out).reshape(n, h * wd, c), pool=pool)
+        return out
+    xc = np.ascontiguousarray(x)
+    return native.qgroup_norm_act(xc, aff[0], aff[1], groups, eps, qps[0], y_q, silu, pool=pool)
+
+
+def _qbinary(op_type, vals, qps, y_q, pool):
+    """Add / Mul of two int8 tensors on XNNPACK's qs8 kernels, in their common layout; None when
+    the layouts, ranks or scales do not allow it."""
+    a, b = vals
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == _I8 and b.dtype == _I8
+            and qps[0] is not None and qps[1] is not None and a.size and b.size):
+        return None
+    if not native.qbinary_supported(op_type, float(qps[0][0]), float(qps[1][0]), float(y_q[0])):
+        return None
+    if a.shape == b.shape and is_nhwc(a) and is_nhwc(b):
+        out = nhwc_empty(a.shape, _I8)
+        native.xnn_qbinary(op_type, nhwc_buffer(a), nhwc_buffer(b), qps[0], qps[1], y_q, out=nhwc_buffer(out),
+                           pool=pool)
+        return out
+    if a.flags.c_contiguous and b.flags.c_contiguous and max(a.ndim, b.ndim) <= native.XNN_MAX_DIMS:
+        return native.xnn_qbinary(op_type, a, b, qps[0], qps[1], y_q, pool=pool)
+    return None
+
+
+@op("QDQ", domain=DOMAIN, backend="native")
+def QDQ(*inputs, op_type, op_domain="", op_opset=1, op_attrs=None, qin=(), qout=1, _ctx):
+    vals, qps, rest = qfused.unpack_inputs(list(inputs), qin)
+    y_q = qfused.qparams(rest[0], rest[1]) if qout else None
+    attrs = op_attrs or {}
+    if qout and op_domain == DOMAIN and op_type == "GroupNorm":
+        y = _qgroup_norm(vals, qps, y_q, attrs, _ctx.pool)
+        if y is not None:
+            return y
+    if qout and op_domain == "" and op_type in ("Add", "Mul") and len(vals) == 2:
+        y = _qbinary(op_type, vals, qps, y_q, _ctx.pool)
+        if y is not None:
+            return y
+    impl = lookup(op_type, op_opset, op_domain, "native")
+    if impl is None:
+        raise ValueError(f"QDQ: no implementation of {op_domain or 'ai.onnx'}:{op_type} at opset {op_opset}")
+    kw = qfused.inner_kwargs(impl, attrs)
+    if impl.wants_ctx:
+        kw["_ctx"] = _ctx
+
+    def fn(*args):
+        return impl.fn(*args, **kw)
+
+    if qout and qfused.is_move(op_type, op_domain, attrs):
+        return qfused.run_move(fn, vals, qps, y_q, qfused.data_inputs(op_type, len(vals)))
+    return qfused.run_blockwise(fn, vals, qps, y_q, qfused._split_spec(op_type, op_domain, attrs, vals))
