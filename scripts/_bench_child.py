@@ -19,6 +19,7 @@ Usage:
     python scripts/_bench_child.py --describe MODEL.onnx
 """
 import argparse
+import functools
 import json
 import os
 import resource
@@ -47,17 +48,17 @@ def load_ort(path, threads, provider):
     return run, lambda: None
 
 
-def load_onnxstream(path, threads, provider, backend="numpy", kernel_choice="cached"):
+def load_onnxstream(path, threads, provider, backend="numpy", kernel_choice="cached", precision="auto"):
     import onnxstream_py
 
     model = onnxstream_py.Model(path, provider=provider,
                                 options=onnxstream_py.RunOptions(threads=threads, backend=backend,
-                                                                 kernel_choice=kernel_choice))
+                                                                 kernel_choice=kernel_choice, precision=precision))
     return model.run, model.close
 
 
-def load_onnxstream_native(path, threads, provider):
-    return load_onnxstream(path, threads, provider, backend="native")
+def load_onnxstream_native(path, threads, provider, precision="auto"):
+    return load_onnxstream(path, threads, provider, backend="native", precision=precision)
 
 
 def load_onnxstream_tune(path, threads, provider):
@@ -112,6 +113,7 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--provider", default="nocache")
+    ap.add_argument("--precision", default="auto", help="RunOptions.precision (onnxstream engines)")
     args = ap.parse_args(argv)
     if args.describe:
         print(json.dumps(describe(args.describe)))
@@ -123,7 +125,10 @@ def main(argv=None):
         feeds = {k: z[k] for k in z.files}
 
     t0 = time.perf_counter()
-    run, close = LOADERS[args.engine](args.model, args.threads, args.provider)
+    loader = LOADERS[args.engine]
+    if args.precision != "auto":
+        loader = functools.partial(loader, precision=args.precision)
+    run, close = loader(args.model, args.threads, args.provider)
     load_s = time.perf_counter() - t0
 
     run_s, outputs = [], {}

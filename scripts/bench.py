@@ -21,6 +21,15 @@ Usage:
     python scripts/bench.py [--models-dir /work/synth/sd15]
         [--models text_encoder,unet,vae_decoder] [--provider nocache[,prefetch,ram]]
         [--runs 1] [--threads 2] [--out-json F] [--engines ort,onnxstream] [--backends numpy,native]
+        [--precisions fp32,fp16-storage,w8a32[,fp16,w8a8]]
+
+Quality report (--precisions): each model is converted once per stored precision (fp32 into
+WORK/MODEL/converted, the others into WORK/MODEL/converted_<precision>, reused with
+--skip-convert) and run on the native backend with the first --provider; run-time modes (fp16)
+reuse the fp32 conversion with RunOptions.precision. Per model and mode it prints seconds,
+peak RSS, max abs error, NMSE against the FP32 native output, PSNR in dB for image outputs (the
+VAE decoder: image in [-1, 1] mapped to [0, 255] as the pipeline does) and the size of
+weights.bin. w8a8 needs a calibrated conversion: see W8A8_CONVERT.
 """
 import argparse
 import json
@@ -137,10 +146,10 @@ def convert(model_path, out_dir, env, timeout):
     return row
 
 
-def run_child(engine, model, inputs, outputs, args, env, provider="ram"):
+def run_child(engine, model, inputs, outputs, args, env, provider="ram", precision="auto"):
     cmd = [sys.executable, CHILD, "--engine", engine, "--model", model,
            "--inputs", inputs, "--outputs", outputs, "--runs", str(args.runs),
-           "--threads", str(args.threads), "--provider", provider]
+           "--threads", str(args.threads), "--provider", provider, "--precision", precision]
     rc, out, err, secs, rss = run_measured(cmd, env, args.timeout)
     if rc != 0:
         return dict(engine=engine, provider=provider, ok=False, peak_rss_kib=rss,
@@ -231,6 +240,113 @@ def bench_model(name, args, env, vocab_size):
     return rows
 
 
+# ---------------------------------------------------------------- precision quality report
+
+# mode -> (stored precision converted with `convert --precision`, RunOptions.precision)
+PRECISION_MODES = {"fp32": ("fp32", "fp32"), "fp16-storage": ("fp16-storage", "auto"),
+                   "w8a32": ("w8a32", "auto"), "fp16": ("fp32", "fp16"), "w8a8": ("w8a8", "w8a8")}
+IMAGE_OUTPUTS = {"vae_decoder"}    # outputs that are images in [-1, 1]: PSNR reported
+
+
+def W8A8_CONVERT(model_path, out_dir, args):
+    """Hook: the command converting model_path to w8a8 (QDQ) in out_dir, or None when it cannot
+    be done with these arguments (the row then says why). Filled in by the quantization work."""
+    return None
+
+
+def convert_precision(model_path, out_dir, stored, env, args):
+    if stored == "w8a8":
+        cmd = W8A8_CONVERT(model_path, out_dir, args)
+        if cmd is None:
+            return dict(engine="convert", ok=False, error="w8a8: no calibrated conversion available (W8A8_CONVERT)")
+    else:
+        cmd = [sys.executable, "-m", "onnxstream_py", "convert", model_path, out_dir, "--precision", stored]
+    rc, out, err, secs, rss = run_measured(cmd, env, args.timeout)
+    row = dict(engine="convert", seconds=secs, peak_rss_kib=rss, ok=rc == 0)
+    if rc != 0:
+        row["error"] = tail(err or out)
+    return row
+
+
+def quality(got_path, ref_path, image):
+    """(max abs error, NMSE, PSNR dB or None) of every output against the FP32 run, worst over outputs."""
+    worst = [0.0, 0.0, None]
+    with np.load(got_path) as got, np.load(ref_path) as ref:
+        for name in ref.files:
+            r, g = ref[name].astype(np.float64), got[name].astype(np.float64)
+            if g.shape != r.shape:
+                return float("inf"), float("inf"), None
+            d = g - r
+            worst[0] = max(worst[0], float(np.abs(d).max()) if d.size else 0.0)
+            den = float(np.sum(r * r))
+            worst[1] = max(worst[1], float(np.sum(d * d)) / den if den else 0.0)
+            if image:
+                # the pipeline's uint8 image: (x / 2 + 0.5).clip(0, 1) * 255
+                to255 = lambda x: np.clip(x / 2 + 0.5, 0, 1) * 255.0   # noqa: E731
+                mse = float(np.mean((to255(g) - to255(r)) ** 2))
+                psnr = float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+                worst[2] = psnr if worst[2] is None else min(worst[2], psnr)
+    return tuple(worst)
+
+
+def precision_report(name, args, env, vocab_size):
+    """Rows of the quality table for one model: one per mode in args.precisions."""
+    model_path = os.path.join(args.models_dir, name, "model.onnx")
+    work = os.path.join(args.work_dir, name)
+    os.makedirs(work, exist_ok=True)
+    inputs = os.path.join(work, "inputs.npz")
+    if not (args.skip_convert and os.path.exists(inputs)):
+        np.savez(inputs, **make_feeds(model_path, env, vocab_size, args.latent_size, args.seed))
+    provider = args.providers[0]
+    modes = list(dict.fromkeys(["fp32"] + args.precisions))      # fp32 first: the reference
+    ref_out = os.path.join(work, f"out_precision_fp32_{provider}.npz")
+    rows = []
+    for mode in modes:
+        stored, run_precision = PRECISION_MODES[mode]
+        converted = os.path.join(work, "converted" if stored == "fp32" else f"converted_{stored}")
+        row = dict(model=name, mode=mode, provider=provider)
+        if not (args.skip_convert and os.path.exists(os.path.join(converted, "weights.bin"))):
+            print(f"[{name}] convert --precision {stored} ...", flush=True)
+            conv = convert_precision(model_path, converted, stored, env, args)
+            if not conv["ok"]:
+                row.update(ok=False, error=conv["error"])
+                rows.append(row)
+                print(f"[{name}] {mode}: convert FAILED:\n{conv['error']}", flush=True)
+                continue
+            row["convert_s"] = conv["seconds"]
+        row["weights_bytes"] = os.path.getsize(os.path.join(converted, "weights.bin"))
+        print(f"[{name}] run {mode} ({provider}) ...", flush=True)
+        out = os.path.join(work, f"out_precision_{mode}_{provider}.npz")
+        res = run_child("onnxstream-native", converted, inputs, out, args, env, provider, run_precision)
+        row.update(res)
+        row["mode"] = mode
+        if res["ok"] and os.path.exists(ref_out):
+            row["max_abs_err"], row["nmse"], row["psnr_db"] = quality(out, ref_out, name in IMAGE_OUTPUTS)
+        elif not res["ok"]:
+            print(f"[{name}] {mode} FAILED:\n{res.get('error', '')}", flush=True)
+        rows.append(row)
+    return rows
+
+
+def precision_table(rows):
+    base = {r["model"]: r for r in rows if r["mode"] == "fp32" and r.get("ok")}
+    lines = ["| model | mode | provider | s/run | peak RSS MiB | max abs err | NMSE | PSNR dB | weights.bin MiB | size ratio |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        b = base.get(r["model"])
+        size = r.get("weights_bytes")
+        ratio = size / b["weights_bytes"] if b and size else None
+        s = f"{r['s_per_run']:.3f}" if r.get("ok") else "FAILED"
+        rss = r.get("peak_rss_kib")
+        lines.append(f"| {r['model']} | {r['mode']} | {r['provider']} | {s} | {fmt(rss / 1024 if rss else None, '.0f')} | "
+                     f"{fmt(r.get('max_abs_err'), '.3g')} | {fmt(r.get('nmse'), '.3g')} | {fmt(r.get('psnr_db'), '.1f')} | "
+                     f"{fmt(size / 2**20 if size else None, '.1f')} | {fmt(ratio, '.3f')} |")
+    lines += ["", "Errors are against the same model's FP32 run on the native backend (same feeds). NMSE = "
+              "sum (y - y_fp32)^2 / sum y_fp32^2; PSNR on the image mapped to [0, 255]; size ratio = "
+              "weights.bin / FP32's."]
+    return "\n".join(lines)
+
+
 def fmt(x, spec):
     return "-" if x is None else format(x, spec)
 
@@ -291,6 +407,9 @@ def main(argv=None):
                     help="reuse an existing converted model")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per child")
     ap.add_argument("--out-json", default=None)
+    ap.add_argument("--precisions", default=None,
+                    help="quality report instead of the engine comparison: modes among "
+                         + ",".join(PRECISION_MODES) + " (comma list; fp32 always runs, as the reference)")
     args = ap.parse_args(argv)
 
     args.providers = [p for p in args.provider.split(",") if p]
@@ -316,6 +435,21 @@ def main(argv=None):
         # Timings (OpenBLAS spin-waits especially) degrade badly on a busy machine.
         print(f"[bench] warning: load average {load1:.1f} on {os.cpu_count()} CPUs; "
               f"s/run figures will be inflated", flush=True)
+    if args.precisions:
+        args.precisions = [p for p in args.precisions.split(",") if p]
+        unknown = [p for p in args.precisions if p not in PRECISION_MODES]
+        if unknown:
+            ap.error(f"--precisions: unknown mode(s) {unknown}; known: {', '.join(PRECISION_MODES)}")
+        rows = []
+        for name in names:
+            rows.extend(precision_report(name, args, env, vocab_size))
+        print()
+        print(precision_table(rows))
+        if args.out_json:
+            with open(args.out_json, "w") as f:
+                json.dump(dict(models_dir=args.models_dir, threads=args.threads, load_average=os.getloadavg(),
+                               rows=rows), f, indent=2)
+        return 1 if any(not r.get("ok") for r in rows if r["mode"] != "w8a8") else 0
     rows = []
     for name in names:
         rows.extend(bench_model(name, args, env, vocab_size))

@@ -2,8 +2,8 @@
 the plan's fetch-time dequantization of int8 weights, RunOptions.precision, and the error each
 mode adds against the fp32 run on tiny models (NMSE thresholds per mode, STYLE item 12).
 
-The tiny fixtures' weights are far below the w8a32 size threshold (4096 elements), so the tests
-lower it (converter.W8_MIN_ELEMENTS) to quantize every linear-op weight of at least 64 elements.
+The tiny fixtures' weights are far below the size thresholds (4096 elements) of w8a32 and
+fp16-storage, so the tests lower them (converter.W8_MIN_ELEMENTS, FP16_MIN_ELEMENTS) to 64.
 """
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ def _nmse(got, want) -> float:
 @pytest.fixture
 def small_w8(monkeypatch):
     monkeypatch.setattr(converter, "W8_MIN_ELEMENTS", 64)
+    monkeypatch.setattr(converter, "FP16_MIN_ELEMENTS", 64)
 
 
 def _run(path, feeds, **opts):
