@@ -1,11 +1,11 @@
 """The ``onnxstream`` command: convert, run, and the built-in demo.
 
     onnxstream convert MODEL.onnx OUT_DIR [--precision fp32|fp16-storage|w8a32] [--fix-shape NAME=d0,d1,...]
+        [--quantize w8a8 --calibration DATA.npz [--calibration-method minmax|percentile]
+         [--percentile 99.99] [--keep-fp32 PATTERN ...]]
     onnxstream run MODEL_DIR --input NAME=FILE.npy ... [--output-dir DIR] [--provider prefetch]
     onnxstream tune MODEL_DIR --input NAME=FILE.npy ...   # measure kernel choices (native backend)
-    onnxstream convert-sd EXPORT_DIR OUT_DIR   # a whole optimum SD export (sd/convert.py)
-    onnxstream sd --models-path DIR --prompt ...   # text to image (sd/cli.py)
-    onnxstream demo            # convert the tiny SD pipeline shipped in the package, generate a PNG
+    onnxstream demo            # convert + run the tiny SD UNet shipped in the package
 
 Every command prints its wall time and the process's peak RSS (getrusage max RSS).
 """
@@ -15,7 +15,11 @@ import argparse
 import os
 import resource
 import sys
+import tempfile
 import time
+
+DEMO_MODEL = os.path.join(os.path.dirname(__file__), "data", "tiny_sd15_unet.onnx")
+
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -44,7 +48,13 @@ def cmd_convert(args) -> int:
     from .converter import convert, parse_fix_shape
     fix = dict(parse_fix_shape(s) for s in args.fix_shape or [])
     t0 = time.perf_counter()
-    report = convert(args.model, args.out_dir, fp16=args.fp16, fix_shapes=fix, precision=args.precision)
+    quantize = None
+    if args.quantize:
+        from .quantize import QuantizeConfig
+        quantize = QuantizeConfig(args.quantize, args.calibration or "", args.calibration_method,
+                                  args.percentile, tuple(args.keep_fp32 or ()))
+    report = convert(args.model, args.out_dir, fp16=args.fp16, fix_shapes=fix, quantize=quantize,
+                     precision=args.precision)
     print(report.summary())
     print(f"converted {args.model} -> {args.out_dir} in {time.perf_counter() - t0:.2f} s, "
           f"peak RSS {peak_rss_mib():.1f} MiB")
@@ -106,6 +116,43 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def demo_feeds(seed: int = 0) -> dict:
+    """Inputs of the tiny SD UNet: a 16x16 latent, a timestep, a 77-token text embedding."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    return {"sample": rng.standard_normal((1, 4, 16, 16)).astype(np.float32),
+            "timestep": np.array(999.0, dtype=np.float32),
+            "encoder_hidden_states": rng.standard_normal((1, 77, 32)).astype(np.float32)}
+
+
+def cmd_demo(args) -> int:
+    import numpy as np
+    from .converter import convert
+    from .model import Model
+    model_path = args.model or DEMO_MODEL
+    out_dir = args.out_dir or os.path.join(tempfile.gettempdir(), "onnxstream_demo")
+    t0 = time.perf_counter()
+    report = convert(model_path, out_dir, log=lambda m: None)
+    print(f"converted {os.path.basename(model_path)}: {report.summary()}")
+    feeds = demo_feeds(args.seed)
+    t1 = time.perf_counter()
+    with Model(out_dir, provider=args.provider, options=_options(args)) as model:
+        outputs = model.run(feeds)
+    run_s = time.perf_counter() - t1
+    for name, a in outputs.items():
+        print(_summary(name, a))
+    try:
+        import onnxruntime as ort
+        ref = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"]).run(None, feeds)
+        for (name, a), r in zip(outputs.items(), ref):
+            err = float(np.abs(a.astype(np.float64) - r).max())
+            print(f"{name}: max abs error vs onnxruntime {err:.3g} (max |ref| {float(np.abs(r).max()):.3g})")
+    except ImportError:
+        print("(onnxruntime not installed: skipping the comparison)")
+    print(f"run {run_s:.3f} s; total {time.perf_counter() - t0:.2f} s; peak RSS {peak_rss_mib():.1f} MiB")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="onnxstream", description="Streaming ONNX inference with little memory.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -139,6 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--fp16", action="store_true", help="alias of --precision fp16-storage")
     c.add_argument("--fix-shape", action="append", metavar="NAME=d0,d1,...",
                    help="pin an input's shape and fold the shape arithmetic (repeatable)")
+    c.add_argument("--quantize", choices=["w8a8"], help="w8a8: static int8 quantization (QDQ form), "
+                   "calibrated on --calibration")
+    c.add_argument("--calibration", metavar="DATA.npz",
+                   help="calibration inputs: arrays named after the model's inputs, samples stacked on a "
+                        "new leading axis; or a folder of .npz input sets")
+    c.add_argument("--calibration-method", default="percentile", choices=["minmax", "percentile"],
+                   help="activation ranges: exact min/max, or percentiles (default)")
+    c.add_argument("--percentile", type=float, default=99.99,
+                   help="with --calibration-method percentile: range [P(100-p), P(p)] (default 99.99)")
+    c.add_argument("--keep-fp32", nargs="+", metavar="PATTERN",
+                   help="nodes (fnmatch on node names or op types) kept in float32")
     c.set_defaults(fn=cmd_convert)
 
     r = sub.add_parser("run", help="run a converted model on .npy inputs")
@@ -158,9 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=None, help="the thread count you will run with")
     t.set_defaults(fn=cmd_tune)
 
-    from .sd import cli as sd_cli
-    sd_cli.add_demo(sub, run_opts)
-    sd_cli.add_commands(sub)
+    d = sub.add_parser("demo", help="convert and run the tiny synthetic SD UNet shipped with the package")
+    d.add_argument("--model", help="another .onnx to use instead (inputs must match the demo's)")
+    d.add_argument("--out-dir", help="where to write the converted model (default: a temp dir)")
+    d.add_argument("--seed", type=int, default=0)
+    run_opts(d)
+    d.set_defaults(fn=cmd_demo)
     return p
 
 

@@ -605,9 +605,18 @@ def convert_model_proto(model: onnx.ModelProto, out_dir: str, base_dir: str = ".
 
 
 def convert(model_path: str, out_dir: str, fp16: bool = False,
-            fix_shapes: dict[str, list[int]] | None = None, log=_stderr,
+            fix_shapes: dict[str, list[int]] | None = None, log=_stderr, quantize=None,
             precision: str | None = None) -> ConvertReport:
-    """Convert ``model_path`` (an .onnx file, with external data beside it) into ``out_dir``."""
+    """Convert ``model_path`` (an .onnx file, with external data beside it) into ``out_dir``;
+    with ``quantize`` (a quantize.QuantizeConfig), calibrated and rewritten in QDQ form."""
+    if quantize is not None and precision not in (None, "fp32"):
+        raise ConversionError(f"--precision {precision} and --quantize are exclusive")
+    if quantize is not None:
+        if fp16:
+            raise ConversionError("--fp16 and --quantize are exclusive (a quantized model's float "
+                                  "weights are its biases and norms: a few KiB)")
+        from .quantize import convert_quantized
+        return convert_quantized(model_path, out_dir, quantize, fix_shapes, log)
     try:
         model = onnx.load(model_path, load_external_data=False)
     except Exception as e:  # noqa: BLE001  onnx raises several types for bad files

@@ -141,6 +141,9 @@ class Interpreter:
                                    if n and (j in step.weight_inputs or n in graph.consts))
                     self._slots[i] = CacheSlot(cache, i, tuple(step.node.inputs[j] for j in pos), pos, static)
         self._chunked = self._chunked_weights()
+        # Optional ``observer(node, outputs)`` called after each op with its output arrays
+        # (calibrate.py records activation ranges through it); None: one test per op, nothing more.
+        self.observer = None
 
     def _chunked_weights(self) -> dict[int, frozenset[int]]:
         """Per step, the weight input positions handed to the op as WeightRefs: weights larger
@@ -256,6 +259,8 @@ class Interpreter:
             for name, value in zip(node.outputs, result):
                 if name:
                     env[name] = value
+            if self.observer is not None:
+                self.observer(node, result)
             if not from_cache:
                 kept = slot is not None and slot.entry is not None    # the op cached a prepared copy
                 for j in step.weight_inputs:

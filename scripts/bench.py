@@ -250,8 +250,16 @@ IMAGE_OUTPUTS = {"vae_decoder"}    # outputs that are images in [-1, 1]: PSNR re
 
 def W8A8_CONVERT(model_path, out_dir, args):
     """Hook: the command converting model_path to w8a8 (QDQ) in out_dir, or None when it cannot
-    be done with these arguments (the row then says why). Filled in by the quantization work."""
-    return None
+    be done with these arguments (the row then says why). Calibration data exists for the VAE
+    decoder only: 4 latents drawn like the pipeline's (scripts/make_calibration_latents.py,
+    written beside out_dir)."""
+    if os.path.basename(os.path.dirname(os.path.abspath(model_path))) != "vae_decoder":
+        return None
+    cal_dir = os.path.join(os.path.dirname(os.path.abspath(out_dir)), "calibration")
+    subprocess.run([sys.executable, os.path.join(HERE, "make_calibration_latents.py"), cal_dir,
+                    "--size", str(args.latent_size)], check=True, stdout=subprocess.DEVNULL)
+    return [sys.executable, "-m", "onnxstream_py", "convert", model_path, out_dir, "--quantize", "w8a8",
+            "--calibration", os.path.join(cal_dir, "calibration.npz")]
 
 
 def convert_precision(model_path, out_dir, stored, env, args):
