@@ -5,7 +5,9 @@
          [--percentile 99.99] [--keep-fp32 PATTERN ...]]
     onnxstream run MODEL_DIR --input NAME=FILE.npy ... [--output-dir DIR] [--provider prefetch]
     onnxstream tune MODEL_DIR --input NAME=FILE.npy ...   # measure kernel choices (native backend)
-    onnxstream demo            # convert + run the tiny SD UNet shipped in the package
+    onnxstream convert-sd EXPORT_DIR OUT_DIR   # a whole optimum SD export (sd/convert.py)
+    onnxstream sd --models-path DIR --prompt ...   # text to image (sd/cli.py)
+    onnxstream demo            # convert the tiny SD pipeline shipped in the package, generate a PNG
 
 Every command prints its wall time and the process's peak RSS (getrusage max RSS).
 """
@@ -15,11 +17,7 @@ import argparse
 import os
 import resource
 import sys
-import tempfile
 import time
-
-DEMO_MODEL = os.path.join(os.path.dirname(__file__), "data", "tiny_sd15_unet.onnx")
-
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -116,43 +114,6 @@ def cmd_tune(args) -> int:
     return 0
 
 
-def demo_feeds(seed: int = 0) -> dict:
-    """Inputs of the tiny SD UNet: a 16x16 latent, a timestep, a 77-token text embedding."""
-    import numpy as np
-    rng = np.random.default_rng(seed)
-    return {"sample": rng.standard_normal((1, 4, 16, 16)).astype(np.float32),
-            "timestep": np.array(999.0, dtype=np.float32),
-            "encoder_hidden_states": rng.standard_normal((1, 77, 32)).astype(np.float32)}
-
-
-def cmd_demo(args) -> int:
-    import numpy as np
-    from .converter import convert
-    from .model import Model
-    model_path = args.model or DEMO_MODEL
-    out_dir = args.out_dir or os.path.join(tempfile.gettempdir(), "onnxstream_demo")
-    t0 = time.perf_counter()
-    report = convert(model_path, out_dir, log=lambda m: None)
-    print(f"converted {os.path.basename(model_path)}: {report.summary()}")
-    feeds = demo_feeds(args.seed)
-    t1 = time.perf_counter()
-    with Model(out_dir, provider=args.provider, options=_options(args)) as model:
-        outputs = model.run(feeds)
-    run_s = time.perf_counter() - t1
-    for name, a in outputs.items():
-        print(_summary(name, a))
-    try:
-        import onnxruntime as ort
-        ref = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"]).run(None, feeds)
-        for (name, a), r in zip(outputs.items(), ref):
-            err = float(np.abs(a.astype(np.float64) - r).max())
-            print(f"{name}: max abs error vs onnxruntime {err:.3g} (max |ref| {float(np.abs(r).max()):.3g})")
-    except ImportError:
-        print("(onnxruntime not installed: skipping the comparison)")
-    print(f"run {run_s:.3f} s; total {time.perf_counter() - t0:.2f} s; peak RSS {peak_rss_mib():.1f} MiB")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="onnxstream", description="Streaming ONNX inference with little memory.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -216,12 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=None, help="the thread count you will run with")
     t.set_defaults(fn=cmd_tune)
 
-    d = sub.add_parser("demo", help="convert and run the tiny synthetic SD UNet shipped with the package")
-    d.add_argument("--model", help="another .onnx to use instead (inputs must match the demo's)")
-    d.add_argument("--out-dir", help="where to write the converted model (default: a temp dir)")
-    d.add_argument("--seed", type=int, default=0)
-    run_opts(d)
-    d.set_defaults(fn=cmd_demo)
+    from .sd import cli as sd_cli
+    sd_cli.add_demo(sub, run_opts)
+    sd_cli.add_commands(sub)
     return p
 
 
