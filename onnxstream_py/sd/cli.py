@@ -40,7 +40,7 @@ def add_commands(sub) -> None:
     s.add_argument("--provider", choices=["nocache", "prefetch", "ram"], default=None)
     s.add_argument("--rpi", action="store_true", help="smallest memory: DiskNoCache, separate CFG passes, "
                                                      "w8a8 VAE decoder if converted, tiled decode under 256M")
-    s.add_argument("--max-memory", default=None, help="e.g. 400M: tile the VAE decode to stay under it")
+    s.add_argument("--max-memory", default=None, help="process budget, e.g. 400M (default 300M, --rpi 256M; 0: none): the VAE decode is tiled to stay under it")
     s.add_argument("--cfg-separate", action="store_true", help="two batch-1 UNet passes per step (less memory)")
     s.add_argument("--vae-tile", type=int, default=None, help="latent tile side for the VAE decode")
     s.add_argument("--preview-steps", action="store_true", help="write a cheap latent preview PNG after each step")

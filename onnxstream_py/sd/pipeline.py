@@ -39,6 +39,10 @@ DEFAULT_SCALING_FACTOR = 0.18215     # SD 1.x/2.x VAE; a vae_decoder/config.json
 VAE_MIB_PER_LATENT_PX = 0.185
 VAE_W8A8_MIB_PER_LATENT_PX = 0.05
 TILE_OVERLAP = 8                     # latent pixels shared by neighbouring tiles (64 image px)
+# The whole process's budget when none is given: the issue's bar for 512x512 (a whole FP32
+# decode at 512x512 peaks near 800 MiB, so it is tiled); --rpi: 256 MiB. max_memory=0: no budget.
+DEFAULT_MAX_MEMORY = 300 << 20
+RPI_MAX_MEMORY = 256 << 20
 SAMPLER_NAMES = {"euler_a": "Euler a", "euler": "Euler", "ddim": "DDIM", "dpmpp_2m": "DPM++ 2M",
                  "lcm": "LCM"}
 
@@ -48,17 +52,19 @@ def peak_rss_mib() -> float:
 
 
 def parse_memory(spec: str | int | None) -> int | None:
-    """'400M', '1.5G', '512MiB' or a byte count -> bytes; None stays None."""
+    """'400M', '1.5G', '512MiB' or a byte count -> bytes; None stays None; 0 / 'none' -> 0."""
     if spec is None or isinstance(spec, int):
         return spec
+    if str(spec).strip().lower() in ("0", "none", "off"):
+        return 0
     s = str(spec).strip().upper().removesuffix("IB").removesuffix("B")
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(s[-1:], 1)
     try:
         value = float(s[:-1] if s[-1:] in "KMG" else s)
     except ValueError:
         raise ValueError(f"memory size {spec!r}: expected e.g. 400M or 1.5G") from None
-    if value <= 0:
-        raise ValueError(f"memory size {spec!r} must be positive")
+    if value < 0:
+        raise ValueError(f"memory size {spec!r} must not be negative")
     return int(value * mult)
 
 
@@ -131,7 +137,9 @@ class StableDiffusion:
             self.manifest = json.load(f)
         self.rpi = rpi
         self.provider = provider or ("nocache" if rpi else "prefetch")
-        self.max_memory = parse_memory(max_memory) if max_memory is not None else (256 << 20 if rpi else None)
+        if max_memory is None:
+            max_memory = RPI_MAX_MEMORY if rpi else DEFAULT_MAX_MEMORY
+        self.max_memory = parse_memory(max_memory) or None      # 0: no budget, decode whole
         self.cfg_batch = (not rpi) if cfg_batch is None else cfg_batch
         self.vae_tile = vae_tile
         self.options = options or RunOptions(threads=threads)
@@ -252,8 +260,11 @@ class StableDiffusion:
             return None if self.vae_tile >= max(latent_h, latent_w) else self.vae_tile
         if self.max_memory is None:
             return None
+        from ..interpreter import current_rss_bytes
         per_px = VAE_W8A8_MIB_PER_LATENT_PX if self._vae_key().endswith("w8a8") else VAE_MIB_PER_LATENT_PX
-        budget_mib = self.max_memory / 2**20 - max(peak_rss_mib(), 60.0)
+        # what the process holds now (the UNet's model is closed and its memory trimmed), not
+        # its peak so far
+        budget_mib = (self.max_memory - max(current_rss_bytes(), 60 << 20)) / 2**20
         if latent_h * latent_w * per_px <= budget_mib:
             return None
         side = int(np.sqrt(max(budget_mib, 0) / per_px)) // 8 * 8
