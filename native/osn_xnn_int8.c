@@ -141,11 +141,20 @@ static inline float silu_q(float z) {
     return z / (1.0f + exp_f32(-z));
 }
 
-static void qgn_task(void* arg, size_t img, size_t g) {
-    struct qgn_ctx* t = arg;
+/* u = (q - zx) * a + b [u = silu(u)] requantized: the one expression both the whole-tensor and
+ * the row-band paths use, so their results are identical. */
+static inline int8_t qaffine_one(int8_t q, int32_t zx, float a, float b, int silu, float sy, float lo, float hi,
+                                 int32_t zy) {
+    float u = (float)((int32_t)q - zx) * a + b;
+    if (silu) u = silu_q(u);
+    return (int8_t)requantize(u, sy, lo, hi, zy);
+}
+
+/* a[k], b[k] (k over the group's channels) of image img, group g: exact integer sums, float64
+ * moments. */
+static void qgn_coeffs(const struct qgn_ctx* t, size_t img, size_t g, float* a, float* b) {
     const size_t c = t->c, hw = t->hw, cpg = t->cpg, c0 = g * cpg;
     const int8_t* x = t->x + img * c * hw;
-    int8_t* y = t->y + img * c * hw;
     const int32_t zx = t->x_zp;
     int64_t s = 0, ss = 0;
     if (t->nhwc) {
@@ -179,7 +188,18 @@ static void qgn_task(void* arg, size_t img, size_t g) {
     var_q = var_q < 0 ? 0 : var_q;
     const double sx = (double)t->x_scale;
     const double rstd = 1.0 / sqrt(var_q * sx * sx + t->epsilon);
-    /* u = (q - zx) * a[k] + b[k] */
+    for (size_t k = 0; k < cpg; k++) {
+        const double ak = sx * rstd * (double)t->gamma[c0 + k];
+        a[k] = (float)ak;
+        b[k] = (float)((double)t->beta[c0 + k] - mean_q * ak);
+    }
+}
+
+static void qgn_task(void* arg, size_t img, size_t g) {
+    struct qgn_ctx* t = arg;
+    const size_t c = t->c, hw = t->hw, cpg = t->cpg, c0 = g * cpg;
+    const int8_t* x = t->x + img * c * hw;
+    int8_t* y = t->y + img * c * hw;
     float* ab = (float*)malloc(2 * cpg * sizeof(float));
     if (ab == NULL) {
         t->status = OSN_E_OUT_OF_MEMORY;
@@ -187,24 +207,16 @@ static void qgn_task(void* arg, size_t img, size_t g) {
     }
     float* a = ab;
     float* b = ab + cpg;
-    for (size_t k = 0; k < cpg; k++) {
-        const double ak = sx * rstd * (double)t->gamma[c0 + k];
-        a[k] = (float)ak;
-        b[k] = (float)((double)t->beta[c0 + k] - mean_q * ak);
-    }
+    qgn_coeffs(t, img, g, a, b);
+    const int32_t zx = t->x_zp, zy = t->y_zp;
     const float sy = t->y_scale;
-    const float lo = (float)(INT8_MIN - t->y_zp), hi = (float)(INT8_MAX - t->y_zp);
-    const int32_t zy = t->y_zp;
+    const float lo = (float)(INT8_MIN - zy), hi = (float)(INT8_MAX - zy);
     const int silu = t->silu;
     if (t->nhwc) {
         for (size_t p = 0; p < hw; p++) {
             const int8_t* xp = x + p * c + c0;
             int8_t* yp = y + p * c + c0;
-            for (size_t k = 0; k < cpg; k++) {
-                float u = (float)((int32_t)xp[k] - zx) * a[k] + b[k];
-                if (silu) u = silu_q(u);
-                yp[k] = (int8_t)requantize(u, sy, lo, hi, zy);
-            }
+            for (size_t k = 0; k < cpg; k++) yp[k] = qaffine_one(xp[k], zx, a[k], b[k], silu, sy, lo, hi, zy);
         }
     } else {
         for (size_t k = 0; k < cpg; k++) {
@@ -212,15 +224,73 @@ static void qgn_task(void* arg, size_t img, size_t g) {
             int8_t* yc = y + (c0 + k) * hw;
             const float ak = a[k], bk = b[k];
             if (silu) {
-                for (size_t p = 0; p < hw; p++)
-                    yc[p] = (int8_t)requantize(silu_q((float)((int32_t)xc[p] - zx) * ak + bk), sy, lo, hi, zy);
+                for (size_t p = 0; p < hw; p++) yc[p] = qaffine_one(xc[p], zx, ak, bk, 1, sy, lo, hi, zy);
             } else {
-                for (size_t p = 0; p < hw; p++)
-                    yc[p] = (int8_t)requantize((float)((int32_t)xc[p] - zx) * ak + bk, sy, lo, hi, zy);
+                for (size_t p = 0; p < hw; p++) yc[p] = qaffine_one(xc[p], zx, ak, bk, 0, sy, lo, hi, zy);
             }
         }
     }
     free(ab);
+}
+
+struct qcoef_ctx {
+    struct qgn_ctx gn;
+    float *a, *b;     /* [n, c] */
+};
+
+static void qcoef_task(void* arg, size_t img, size_t g) {
+    struct qcoef_ctx* t = arg;
+    const size_t off = img * t->gn.c + g * t->gn.cpg;
+    qgn_coeffs(&t->gn, img, g, t->a + off, t->b + off);
+}
+
+int osn_qgroup_norm_coeffs(osn_pool* pool, float* a, float* b, const int8_t* x, const float* gamma,
+                           const float* beta, size_t n, size_t c, size_t hw, int nhwc, size_t groups, float epsilon,
+                           int8_t x_zero_point, float x_scale) {
+    if (a == NULL || b == NULL || x == NULL || gamma == NULL || beta == NULL || groups == 0 || c % groups ||
+        !(x_scale > 0) || !(epsilon >= 0) || c / groups > 30000)
+        return OSN_E_INVALID_ARGUMENT;
+    struct qcoef_ctx t = {{NULL, x, gamma, beta, c, hw, c / groups, nhwc != 0, 0, (double)epsilon, x_zero_point, 0,
+                           x_scale, 1.0f, 0},
+                          a, b};
+    pthreadpool_parallelize_2d(osn_pool_handle(pool), (pthreadpool_task_2d_t)qcoef_task, &t, n, groups,
+                               OSN_PARALLEL_FLAGS);
+    return 0;
+}
+
+struct qaff_ctx {
+    int8_t* y;
+    const int8_t* x;
+    const float *a, *b;
+    size_t c;
+    int silu;
+    int32_t zx, zy;
+    float sy;
+};
+
+static void qaff_task(void* arg, size_t p0, size_t np) {
+    const struct qaff_ctx* t = arg;
+    const size_t c = t->c;
+    const float lo = (float)(INT8_MIN - t->zy), hi = (float)(INT8_MAX - t->zy);
+    for (size_t p = p0; p < p0 + np; p++) {
+        const int8_t* xp = t->x + p * c;
+        int8_t* yp = t->y + p * c;
+        if (t->silu) {
+            for (size_t k = 0; k < c; k++) yp[k] = qaffine_one(xp[k], t->zx, t->a[k], t->b[k], 1, t->sy, lo, hi, t->zy);
+        } else {
+            for (size_t k = 0; k < c; k++) yp[k] = qaffine_one(xp[k], t->zx, t->a[k], t->b[k], 0, t->sy, lo, hi, t->zy);
+        }
+    }
+}
+
+int osn_qaffine_act_nhwc(osn_pool* pool, int8_t* y, const int8_t* x, const float* a, const float* b, size_t pixels,
+                         size_t c, int silu, int8_t x_zero_point, int8_t y_zero_point, float y_scale) {
+    if (y == NULL || x == NULL || a == NULL || b == NULL || c == 0 || !(y_scale > 0)) return OSN_E_INVALID_ARGUMENT;
+    struct qaff_ctx t = {y, x, a, b, c, silu != 0, x_zero_point, y_zero_point, y_scale};
+    size_t tile = 65536 / c;
+    pthreadpool_parallelize_1d_tile_1d(osn_pool_handle(pool), qaff_task, &t, pixels, tile ? tile : 1,
+                                       OSN_PARALLEL_FLAGS);
+    return 0;
 }
 
 int osn_qgroup_norm_act(osn_pool* pool, int8_t* y, const int8_t* x, const float* gamma, const float* beta,

@@ -91,6 +91,31 @@ int osn_qgroup_norm_act(
     float epsilon, int silu,
     int8_t x_zero_point, float x_scale,
     int8_t y_zero_point, float y_scale);
+/* The per-channel coefficients of the int8 GroupNorm above, for applying it later to any range
+ * of pixels (a row band feeding a convolution): u = (x - x_zp) * a[i, c] + b[i, c]. */
+int osn_qgroup_norm_coeffs(
+    osn_pool* pool,         /* the model's thread pool (NULL: calling thread only) */
+    float* a,               /* [n, c] */
+    float* b,               /* [n, c] */
+    const int8_t* x,        /* [n, c, hw] NCHW, or [n, hw, c] when nhwc */
+    const float* gamma,     /* [c] */
+    const float* beta,      /* [c] */
+    size_t n, size_t c, size_t hw, int nhwc,
+    size_t groups,          /* divides c */
+    float epsilon,
+    int8_t x_zero_point, float x_scale);
+
+/* y[p, k] = saturate(round_half_even(act((x[p, k] - x_zp) * a[k] + b[k]) / y_scale) + y_zp), act
+ * SiLU or identity: the second half of osn_qgroup_norm_act on channels-last pixels of one image
+ * (bit-identical to it). */
+int osn_qaffine_act_nhwc(
+    osn_pool* pool,         /* the model's thread pool (NULL: calling thread only) */
+    int8_t* y,              /* [pixels, c] */
+    const int8_t* x,        /* [pixels, c] */
+    const float* a,         /* [c] */
+    const float* b,         /* [c] */
+    size_t pixels, size_t c, int silu,
+    int8_t x_zero_point, int8_t y_zero_point, float y_scale);
 /* CDEF END */
 
 #endif

@@ -1244,3 +1244,51 @@ def dequantize_8bit_f32(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray
                                        ptr(scale, "float *"), zp, outer, channels, inner), what)
     del keep
     return out
+
+
+def qgroup_norm_coeffs(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, groups: int, epsilon: float,
+                       x_q: tuple, channels_last: bool = False, *,
+                       pool: ThreadPool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b), each float32 [N, C]: the int8 GroupNorm of x (as qgroup_norm_act) as a per-channel
+    affine of the int8 values, u = (x - x_zp) * a + b, to apply later with qaffine_act_nhwc."""
+    what = f"QGroupNorm coefficients X {getattr(x, 'shape', '?')} groups={groups}"
+    _need(what, x, "X", (np.int8,))
+    if x.ndim < 2 or x.size == 0:
+        raise ValueError(f"{what}: X must be a non-empty array of rank >= 2")
+    c = x.shape[-1] if channels_last else x.shape[1]
+    if groups < 1 or c % groups or c // groups > 30000:
+        raise ValueError(f"{what}: {c} channels are not divisible into {groups} groups (of <= 30000)")
+    for name, v in (("gamma", gamma), ("beta", beta)):
+        _need(what, v, name, (np.float32,))
+        if v.shape != (c,):
+            raise ValueError(f"{what}: {name} must have shape ({c},), got {v.shape}")
+    if not (np.isfinite(epsilon) and epsilon >= 0):
+        raise ValueError(f"{what}: epsilon must be finite and >= 0, got {epsilon}")
+    xs, xz = _qparams(what, "input", *x_q)
+    n = x.shape[0]
+    a, b = np.empty((n, c), np.float32), np.empty((n, c), np.float32)
+    _check(lib.osn_qgroup_norm_coeffs(_pool_ptr(pool), out_ptr(a, "float *"), out_ptr(b, "float *"),
+                                      ptr(x, "int8_t *"), ptr(gamma, "float *"), ptr(beta, "float *"), n, c,
+                                      x.size // (n * c), int(bool(channels_last)), groups, float(epsilon), xz, xs), what)
+    return a, b
+
+
+def qaffine_act_nhwc(x: np.ndarray, a: np.ndarray, b: np.ndarray, x_q: tuple, y_q: tuple, silu: bool = False,
+                     out: np.ndarray | None = None, *, pool: ThreadPool | None = None) -> np.ndarray:
+    """out[p, k] = Q(act((x[p, k] - x_zp) * a[k] + b[k])) for channels-last pixels x [..., C] int8
+    (C-contiguous), a, b float32 [C]; act SiLU or identity. Bit-identical to qgroup_norm_act's
+    output pass, so a row band of a GroupNorm can be made on demand."""
+    what = f"QAffine X {getattr(x, 'shape', '?')}"
+    _need(what, x, "X", (np.int8,))
+    if x.ndim < 1 or x.size == 0:
+        raise ValueError(f"{what}: X must be a non-empty array")
+    c = x.shape[-1]
+    for name, v in (("a", a), ("b", b)):
+        _need(what, v, name, (np.float32,))
+        if v.shape != (c,):
+            raise ValueError(f"{what}: {name} must have shape ({c},), got {v.shape}")
+    (xs, xz), (ys, yz) = _qparams(what, "input", *x_q), _qparams(what, "output", *y_q)
+    out = _out_like(what, out, x.shape, _I8, x, may_alias=True)
+    _check(lib.osn_qaffine_act_nhwc(_pool_ptr(pool), out_ptr(out, "int8_t *"), ptr(x, "int8_t *"), ptr(a, "float *"),
+                                    ptr(b, "float *"), x.size // c, c, int(bool(silu)), xz, yz, ys), what)
+    return out

@@ -705,6 +705,7 @@ def fuse_qdq(graph: Graph, nodes: list[Node]) -> tuple[list[Node], dict[str, int
         DQ(a_q) , DQ(w_q [K, N] axis 1) -> MatMul [-> Q]                            => QLinear
         DQ(a_q) , DQ(w_q) [, C] -> Gemm(alpha = beta = 1, transA = 0) [-> Q]         => QLinear
         DQ(x_q) [, other inputs] -> any other op -> Q                               => QDQ
+        QDQ(GroupNorm | nearest Resize) read only by a QConv                        => QPrologueConv
 
     An activation's DQ/Q must be per tensor with an int8 zero point (constants); a weight's DQ
     must read an int8 weight with a scale per output channel (or one) and zero points that are
@@ -855,7 +856,45 @@ def fuse_qdq(graph: Graph, nodes: list[Node]) -> tuple[list[Node], dict[str, int
     used = {name for n in nodes for name in n.inputs if name} | {v.name for v in graph.outputs}
     nodes = [n for n in nodes if not (n.op_type == "DequantizeLinear" and n.domain == ""
                                       and n.outputs[0] not in used)]
+    nodes, counts["QPrologueConv"] = _merge_conv_prologues(graph, nodes)
+    counts["QConv"] -= counts["QPrologueConv"]
+    counts["QDQ"] -= counts["QPrologueConv"]
     return nodes, {k: v for k, v in counts.items() if v}
+
+
+def _merge_conv_prologues(graph: Graph, nodes: list[Node]) -> tuple[list[Node], int]:
+    """QDQ(GroupNorm | nearest Resize) -> QConv, where the int8 tensor between them has no other
+    reader, becomes one onnxstream:QPrologueConv: the native op then makes the convolution's
+    input one band of rows at a time and the full-size tensor between them never exists (the
+    SD VAE decoder's 256 x 512 x 512 GroupNorm output and upsampled tensor: 64 MiB each)."""
+    ix = _ChainIndex(graph, nodes)
+    removed: set[int] = set()
+    replace: dict[int, Node] = {}
+    for ci, conv in enumerate(nodes):
+        if conv.op_type != "QConv" or conv.domain != FUSED_DOMAIN:
+            continue
+        pi = ix.producer.get(conv.inputs[0])
+        if pi is None or pi in removed or not ix.private(conv.inputs[0]):
+            continue
+        pro = nodes[pi]
+        if pro.op_type != "QDQ" or pro.domain != FUSED_DOMAIN or not pro.attrs.get("qout", 1):
+            continue
+        a = pro.attrs
+        kind = (a["op_domain"], a["op_type"])
+        qin = list(a.get("qin", ()))
+        if not qin or qin[0] != 1 or any(qin[1:]):
+            continue
+        nearest = (kind in (("", "Resize"), ("", "Upsample"))
+                   and (a.get("op_attrs") or {}).get("mode", "nearest") == "nearest")
+        if kind != (FUSED_DOMAIN, "GroupNorm") and not nearest:
+            continue
+        attrs = {k: v for k, v in conv.attrs.items()}
+        attrs.update(prologue={k: a[k] for k in ("op_type", "op_domain", "op_opset", "op_attrs", "qin", "qout")},
+                     n_prologue=len(pro.inputs))
+        replace[ci] = Node("QPrologueConv", conv.name + "/prologue", list(pro.inputs) + list(conv.inputs[3:]),
+                           list(conv.outputs), attrs, FUSED_DOMAIN)
+        removed.add(pi)
+    return _replace_chains(nodes, removed, replace), len(replace)
 
 
 # A value whose next reader is more than this many steps away is stored as float16 meanwhile

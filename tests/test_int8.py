@@ -305,12 +305,23 @@ def _run(model: onnx.ModelProto, feeds: dict, backend: str) -> tuple[np.ndarray,
             return m.run(feeds)[model.graph.output[0].name], dict(m.plan.fusions)
 
 
+@pytest.fixture(params=["whole", "banded"])
+def banding(request, monkeypatch):
+    """'banded': every int8 convolution runs in bands of one or two output rows (the path large
+    ones take: ops/native_int8.run_banded), so small tests cover the band edges and padding."""
+    from onnxstream_py.ops import native_int8
+    if request.param == "banded":
+        monkeypatch.setattr(native_int8, "BAND_INPUT_BYTES", 1)
+        monkeypatch.setattr(native_int8, "BAND_MIN_INDIRECTION_BYTES", 0)
+    return request.param
+
+
 VAE_QUANTIZED = ["h0", "g1", "h1", "g2", "h2", "res", "up", "h3", "g3"]
 ATTENTION_QUANTIZED = ["t", "q", "k", "v", "o2", "proj", "y0"]
 
 
 @pytest.mark.parametrize("which", ["vae", "attention"])
-def test_fused_qdq_graph_matches_unfused(which):
+def test_fused_qdq_graph_matches_unfused(which, banding):
     rng = np.random.default_rng(3)
     if which == "vae":
         model, tensors = vae_like(), VAE_QUANTIZED
@@ -322,8 +333,9 @@ def test_fused_qdq_graph_matches_unfused(which):
     unfused, _ = _run(qmodel, {"x": x}, "numpy")
     fused, fusions = _run(qmodel, {"x": x}, "native")
     if which == "vae":
-        # the first conv reads the float input: not fused; 3 GroupNorm(+SiLU), Add, Resize
-        assert fusions.get("QConv") == 4 and fusions.get("QDQ") == 5, fusions
+        # the first conv reads the float input: not fused; each GroupNorm(+SiLU) and the Resize
+        # feed a conv alone (QPrologueConv: the conv's input made band by band); the Add
+        assert fusions.get("QPrologueConv") == 4 and fusions.get("QDQ") == 1, fusions
     else:
         assert fusions.get("QLinear") == 4, fusions
     # the graph output is float: compare in units of the last quantized tensor's scale
@@ -396,7 +408,7 @@ def _single_op_model(kind: str, seed: int = 0):
     ("conv", "QConv"), ("conv_stride2_1x1", "QConv"), ("depthwise", "QConv"), ("group_norm_silu", "QDQ"),
     ("add", "QDQ"), ("mul", "QDQ"), ("resize_nearest", "QDQ"), ("resize_linear", "QDQ"), ("concat", "QDQ"),
     ("softmax", "QDQ"), ("matmul", "QLinear"), ("transpose", "QDQ")])
-def test_each_fused_op_within_one_unit(kind, fused_as):
+def test_each_fused_op_within_one_unit(kind, fused_as, banding):
     """One fused op on the same int8 input as the unfused graph: its int8 output within one unit
     (measured: 0 or 1 differing values per case, 0.1% of them at most)."""
     model, tensors, feeds = _single_op_model(kind)
@@ -454,3 +466,86 @@ def test_onnxruntime_quantize_static_model(which, tmp_path):
     span = np.abs(want).max()
     assert np.abs(got - want).max() <= 0.015 * span, (np.abs(got - want).max(), span)
     assert np.abs(got - unfused).max() <= 0.005 * span
+
+
+@pytest.mark.parametrize("ctm,nearest_mode", [("half_pixel", "round_prefer_floor"), ("asymmetric", "floor"),
+                                              ("align_corners", "round_prefer_ceil")])
+@pytest.mark.parametrize("use_sizes", [False, True])
+def test_nearest_resize_int8_keeps_channels_last(ctx, ctm, nearest_mode, use_sizes):
+    """The int8 nearest Resize gathers pixels in the input's layout (no transpose, no float):
+    equal to the numpy QDQ op (requantizing to another scale on the way)."""
+    from onnxstream_py.ops import native_int8
+    x = _rand_i8((2, 19, 7, 5), 11)
+    xn = nhwc_empty(x.shape, np.int8)
+    xn[...] = x
+    scales = None if use_sizes else np.array([1, 1, 2, 3], np.float32)
+    sizes = np.array([2, 19, 13, 11], np.int64) if use_sizes else None
+    inputs = [xn, np.float32(0.05), np.int8(3), None, scales, sizes, np.float32(0.07), np.int8(-4)]
+    attrs = dict(op_type="Resize", op_opset=13, qin=[1, 0, 0, 0], qout=1,
+                 op_attrs={"mode": "nearest", "coordinate_transformation_mode": ctm, "nearest_mode": nearest_mode})
+    got = native_int8.QDQ(*inputs, **attrs, _ctx=ctx)
+    want = qfused.QDQ(*[np.ascontiguousarray(x)] + inputs[1:], **attrs)
+    assert got.transpose(0, 2, 3, 1).flags.c_contiguous       # channels-last
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("c,groups", [(32, 8), (19, 19), (64, 32)])
+@pytest.mark.parametrize("silu", [False, True])
+def test_qgroup_norm_in_bands_is_identical(ctx, c, groups, silu):
+    """Coefficients once, then the affine + SiLU + requantize applied band by band: bit-identical
+    to the whole-tensor kernel (the path a GroupNorm feeding a convolution takes)."""
+    h, w = 13, 7
+    x = _rand_i8((2, h, w, c), 12)
+    rng = np.random.default_rng(c)
+    gamma = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    beta = rng.uniform(-0.5, 0.5, c).astype(np.float32)
+    xq, yq = (0.03, -9), (0.02, 11)
+    whole = native.qgroup_norm_act(x.reshape(2, h * w, c), gamma, beta, groups, 1e-5, xq, yq, silu,
+                                   channels_last=True, pool=ctx.pool).reshape(x.shape)
+    a, b = native.qgroup_norm_coeffs(x.reshape(2, h * w, c), gamma, beta, groups, 1e-5, xq, channels_last=True,
+                                     pool=ctx.pool)
+    banded = np.empty_like(x)
+    for i in range(2):
+        for r0 in range(0, h, 4):
+            banded[i, r0:r0 + 4] = native.qaffine_act_nhwc(np.ascontiguousarray(x[i, r0:r0 + 4]), a[i], b[i], xq, yq,
+                                                           silu, pool=ctx.pool)
+    np.testing.assert_array_equal(banded, whole)
+
+
+@pytest.mark.parametrize("kind", ["group_norm", "resize"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_prologue_conv_matches_unfused(kind, stride, banding):
+    """QDQ(GroupNorm+SiLU | nearest Resize) -> QConv as one QPrologueConv (the conv's input made
+    band by band) equals the unfused QDQ graph within one unit (measured: identical)."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Identity", ["x"], ["x0"])]
+    inits = []
+    if kind == "group_norm":
+        _group_norm_silu(nodes, inits, "x0", "p", 16, 4, "gn", rng)
+    else:
+        inits.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "sc"))
+        nodes.append(helper.make_node("Resize", ["x0", "", "sc"], ["p"], mode="nearest"))
+    inits += [numpy_helper.from_array((rng.standard_normal((12, 16, 3, 3)) * 0.1).astype(np.float32), "w"),
+              numpy_helper.from_array(rng.uniform(-0.2, 0.2, 12).astype(np.float32), "b")]
+    nodes.append(helper.make_node("Conv", ["p", "w", "b"], ["y"], pads=[1, 1, 1, 1], strides=[stride, stride]))
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 9, 13])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    feeds = {"x": (rng.standard_normal((1, 16, 9, 13)) * 2).astype(np.float32)}
+    qmodel = insert_qdq(model, feeds, ["x0", "p", "y"])
+    qmodel.graph.output.append(helper.make_tensor_value_info("y_q", TensorProto.INT8, None))
+    del qmodel.graph.output[0]
+    unfused, _ = _run(qmodel, feeds, "numpy")
+    fused, fusions = _run(qmodel, feeds, "native")
+    assert fusions.get("QPrologueConv") == 1, fusions
+    assert _units(fused, unfused) <= 1
+
+
+@pytest.mark.parametrize("zp", [-128, -3, 0, 77, 127])
+def test_fused_quantize_equals_quantize_linear(zp):
+    """qfused.quantize (one float32 temporary) is QuantizeLinear's reference bit for bit: ties,
+    saturation, infinities and NaN."""
+    from onnxstream_py.ops import quant
+    x = (np.random.default_rng(zp + 200).standard_normal(100_003) * 50).astype(np.float32)
+    x[:10] = np.float32([0.05, 0.15, 0.25, -0.05, -0.15, np.nan, np.inf, -np.inf, 1e30, -1e30])
+    want = quant.quantize(x, np.float32(0.1), np.int8(zp), out_dtype=np.int8)
+    np.testing.assert_array_equal(qfused.quantize(x, np.float32(0.1), zp), want)

@@ -26,6 +26,10 @@ from .registry import lookup, op
 _I8 = np.dtype(np.int8)
 _F32 = np.dtype(np.float32)
 FLOAT_BAND_ELEMS = 1 << 20     # float input values per band of a float-output QConv (4 MiB)
+# int8 input bytes per band of a banded QConv. XNNPACK's indirection buffer holds kh*kw pointers
+# per output pixel (19 MiB for a 3x3 conv at 512x512); by bands it holds one band's.
+BAND_INPUT_BYTES = 4 << 20
+BAND_MIN_INDIRECTION_BYTES = 4 << 20   # convolutions with a smaller indirection buffer run whole
 
 
 def _nhwc_i8(x: np.ndarray) -> np.ndarray:
@@ -75,15 +79,70 @@ def _present(*inputs) -> tuple[int, ...]:
     return tuple(i for i, v in enumerate(inputs) if v is not None)
 
 
-class PreparedQConv:
-    """A created qc8 convolution and the quantization it was made for (operator-cache entry)."""
+def run_banded(conv: native.XnnQConv2d, rows, n: int, h: int, w: int, pads_tb, zero_point: int, pool,
+               view=None) -> np.ndarray:
+    """y [N, OH, OW, Cout] int8 of a qc8 convolution created without top/bottom padding, computed
+    one band of output rows at a time. ``rows(a, b, out)`` writes input rows [a, b) into out
+    [N, b - a, W, Cin] (computing them: GroupNorm, Resize); ``view(a, b)``, when given, returns
+    them without a copy (an input that exists). Padding rows hold the input zero point (real 0)."""
+    kh, dh, sh = conv.kernel[0], conv.dilations[0], conv.strides[0]
+    pt, pb = pads_tb
+    oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
+    ow = conv.output_hw((kh - 1) * dh + 1, w)[1]
+    c = conv.cin
+    y = np.empty((n, oh, ow, conv.cout), _I8)
+    rows_in = max(1, BAND_INPUT_BYTES // max(1, n * w * c))
+    band = max(1, (rows_in - (kh - 1) * dh - 1) // sh + 1)
+    # one band buffer for every band (n == 1: its leading rows are contiguous): no allocator churn
+    scratch = native.xnn_empty((n, (band - 1) * sh + (kh - 1) * dh + 1, w, c), _I8) if n == 1 else None
+    for r0 in range(0, oh, band):
+        r1 = min(oh, r0 + band)
+        lo, hi = r0 * sh - pt, (r1 - 1) * sh - pt + (kh - 1) * dh + 1
+        a, b = max(lo, 0), min(hi, h)
+        if view is not None and (a, b) == (lo, hi):
+            xb = view(a, b)
+        else:
+            xb = scratch[:, :hi - lo] if scratch is not None else native.xnn_empty((n, hi - lo, w, c), _I8)
+            if a > lo:
+                xb[:, :a - lo] = zero_point
+            if hi > b:
+                xb[:, b - lo:] = zero_point
+            if b > a:
+                rows(a, b, xb[:, a - lo:b - lo])
+        if n == 1:
+            conv.run(xb, y[:, r0:r1], pool=pool)
+        else:
+            y[:, r0:r1] = conv.run(xb, pool=pool)
+        del xb
+    return y
 
-    def __init__(self, conv: native.XnnQConv2d, x_q: tuple):
+
+def _indirection_bytes(conv: native.XnnQConv2d, h: int, w: int, n: int) -> int:
+    oh, ow = conv.output_hw(h, w)
+    return n * oh * ow * conv.kernel[0] * conv.kernel[1] * 8
+
+
+class PreparedQConv:
+    """A created qc8 convolution and the quantization it was made for (operator-cache entry).
+    A large one runs in bands of output rows (run_banded): then it is created without top and
+    bottom padding, which the bands supply as zero-point rows."""
+
+    def __init__(self, conv: native.XnnQConv2d, x_q: tuple, pads_tb=None):
         self.conv, self.x_q, self.cin = conv, x_q, conv.cin
+        self.pads_tb = pads_tb          # (top, bottom) when banded
         self.nbytes = conv.nbytes
 
     def run(self, x: np.ndarray, pool) -> np.ndarray:
-        return self.conv.run(_nhwc_i8(x), pool=pool).transpose(0, 3, 1, 2)
+        xb = _nhwc_i8(x)
+        if self.pads_tb is None:
+            return self.conv.run(xb, pool=pool).transpose(0, 3, 1, 2)
+        n, h, w, _ = xb.shape
+
+        def copy_rows(a, b, out):
+            out[...] = xb[:, a:b]
+
+        view = (lambda a, b: xb[:, a:b]) if n == 1 else None
+        return run_banded(self.conv, copy_rows, n, h, w, self.pads_tb, self.x_q[1], pool, view).transpose(0, 3, 1, 2)
 
     def close(self) -> None:
         self.conv.close()
@@ -144,6 +203,22 @@ def qconv_float_out(x, x_q, wf, bf, strides, onnx_pads, dilations, group, pool) 
     return y.transpose(0, 3, 1, 2)
 
 
+def _prepare_qconv(w, ws, bias, x_q, y_q, group, strides, dilations, onnx_pads, x_shape,
+                   banded: bool | None = None) -> PreparedQConv:
+    """The qc8 operator of a Conv: whole, or (large outputs, or ``banded``) without top/bottom
+    padding for run_banded."""
+    n, _, h, wd = x_shape
+    kh, kw = w.shape[2:]
+    oh = (h + onnx_pads[0] + onnx_pads[2] - (kh - 1) * dilations[0] - 1) // strides[0] + 1
+    ow = (wd + onnx_pads[1] + onnx_pads[3] - (kw - 1) * dilations[1] - 1) // strides[1] + 1
+    if banded is None:
+        banded = n * oh * ow * kh * kw * 8 > BAND_MIN_INDIRECTION_BYTES
+    pads = [0, onnx_pads[1], 0, onnx_pads[3]] if banded else [onnx_pads[0], onnx_pads[1], onnx_pads[2], onnx_pads[3]]
+    conv = native.XnnQConv2d(w, ws, bias, x_scale=x_q[0], x_zero_point=x_q[1], y_scale=y_q[0], y_zero_point=y_q[1],
+                             groups=group, strides=strides, dilations=dilations, pads=pads)
+    return PreparedQConv(conv, x_q, (onnx_pads[0], onnx_pads[2]) if banded else None)
+
+
 @op("QConv", domain=DOMAIN, backend="native")
 def QConv(x, x_scale, x_zp, w, w_scale, w_zp=None, b=None, b_scale=None, b_zp=None, y_scale=None, y_zp=None, *,
           auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None, _ctx, _cache=None):
@@ -177,10 +252,7 @@ def QConv(x, x_scale, x_zp, w, w_scale, w_zp=None, b=None, b_scale=None, b_zp=No
     req = x_q[0] * ws / y_q[0]
     if bias is None or not (np.all(req >= native.QCONV_SCALE_RANGE[0]) and np.all(req < native.QCONV_SCALE_RANGE[1])):
         return reference()
-    conv = native.XnnQConv2d(w, ws, bias, x_scale=x_q[0], x_zero_point=x_q[1], y_scale=y_q[0], y_zero_point=y_q[1],
-                             groups=group, strides=strides, dilations=dilations,
-                             pads=[onnx_pads[0], onnx_pads[1], onnx_pads[2], onnx_pads[3]])
-    p = PreparedQConv(conv, x_q)
+    p = _prepare_qconv(w, ws, bias, x_q, y_q, group, strides, dilations, onnx_pads, x.shape)
     inputs_present = _present(x, x_scale, x_zp, w, w_scale, w_zp, b, b_scale, b_zp, y_scale, y_zp)
     try:
         y = p.run(x, _ctx.pool)
@@ -294,6 +366,56 @@ def _qbinary(op_type, vals, qps, y_q, pool):
     return None
 
 
+def _nearest_index(fn, vals, op_type, opset, attrs):
+    """(flat source pixel of each output pixel, OH, OW) of a nearest Resize of a 4-D x over its
+    spatial dims, from the Resize op itself run on a small probe whose values are pixel numbers;
+    None when scales/sizes touch N or C, axes is given, or a pixel is extrapolated."""
+    x = vals[0]
+    if attrs.get("axes") is not None:
+        return None
+    n, c, h, w = x.shape
+    args = list(vals)
+    si, zi = (1, None) if op_type == "Upsample" or opset < 11 else (2, 3)
+    scales = args[si] if si < len(args) else None
+    sizes = args[zi] if zi is not None and zi < len(args) else None
+    if sizes is not None and np.size(sizes):
+        sz = np.asarray(sizes).reshape(-1)
+        if sz.size != 4 or sz[0] != n or sz[1] != c:
+            return None
+        args[zi] = np.array([1, 1, sz[2], sz[3]], np.int64)
+    elif scales is not None and np.size(scales):
+        sc = np.asarray(scales).reshape(-1)
+        if sc.size != 4 or sc[0] != 1 or sc[1] != 1:
+            return None
+    else:
+        return None
+    args[0] = (np.arange(h * w, dtype=np.int32) + 1).reshape(1, 1, h, w)
+    idx = fn(*args)
+    if idx.ndim != 4 or idx.shape[:2] != (1, 1) or idx.size == 0 or idx.min() < 1:
+        return None
+    return idx.reshape(-1).astype(np.intp) - 1, idx.shape[2], idx.shape[3]
+
+
+def _qresize_nearest(fn, vals, qps, y_q, op_type, opset, attrs):
+    """Nearest Resize of a 4-D int8 tensor over its spatial dims as one gather of pixels, in x's
+    own layout (a channels-last input stays channels-last: no transpose, no intermediate);
+    None when _nearest_index declines."""
+    x = vals[0]
+    if not (isinstance(x, np.ndarray) and x.dtype == _I8 and x.ndim == 4 and x.size and qps[0] is not None
+            and all(q is None for q in qps[1:])):
+        return None
+    found = _nearest_index(fn, vals, op_type, opset, attrs)
+    if found is None:
+        return None
+    idx, oh, ow = found
+    n, c, h, w = x.shape
+    xr = qfused.requantize(x, qps[0], y_q)
+    if is_nhwc(xr):
+        y = np.take(nhwc_buffer(xr).reshape(n, h * w, c), idx, axis=1)
+        return y.reshape(n, oh, ow, c).transpose(0, 3, 1, 2)
+    return np.take(np.ascontiguousarray(xr).reshape(n * c, h * w), idx, axis=1).reshape(n, c, oh, ow)
+
+
 @op("QDQ", domain=DOMAIN, backend="native")
 def QDQ(*inputs, op_type, op_domain="", op_opset=1, op_attrs=None, qin=(), qout=1, _ctx):
     vals, qps, rest = qfused.unpack_inputs(list(inputs), qin)
@@ -317,6 +439,110 @@ def QDQ(*inputs, op_type, op_domain="", op_opset=1, op_attrs=None, qin=(), qout=
     def fn(*args):
         return impl.fn(*args, **kw)
 
+    if qout and op_domain == "" and op_type in ("Resize", "Upsample") and qfused.is_move(op_type, op_domain, attrs):
+        y = _qresize_nearest(fn, vals, qps, y_q, op_type, op_opset, attrs)
+        if y is not None:
+            return y
     if qout and qfused.is_move(op_type, op_domain, attrs):
         return qfused.run_move(fn, vals, qps, y_q, qfused.data_inputs(op_type, len(vals)))
     return qfused.run_blockwise(fn, vals, qps, y_q, qfused._split_spec(op_type, op_domain, attrs, vals))
+
+
+def _gn_rows(vals, qps, y_q, attrs, pool):
+    """rows(a, b, out) making row bands of the int8 GroupNorm(+SiLU) of a 4-D x (its statistics
+    computed here, once), or None when the GroupNorm is not the per-channel float32 case."""
+    x = vals[0]
+    if not (isinstance(x, np.ndarray) and x.dtype == _I8 and x.ndim == 4 and x.size and qps[0] is not None):
+        return None
+    groups = attrs.get("num_groups")
+    params = list(vals[1:]) + [None] * (5 - len(vals))
+    aff = fused.per_channel_affine(np.broadcast_to(np.float32(0), x.shape), *params[:4], groups,
+                                   attrs.get("batch", 0), attrs.get("shape"))
+    if aff is None:
+        return None
+    n, c, h, w = x.shape
+    xb = _nhwc_i8(x)
+    a, b = native.qgroup_norm_coeffs(xb.reshape(n, h * w, c), aff[0], aff[1], groups,
+                                     float(attrs.get("epsilon", 1e-5)), qps[0], channels_last=True, pool=pool)
+    silu = bool(attrs.get("silu", 0))
+
+    def rows(r0, r1, out):
+        for i in range(n):
+            if out[i].flags.c_contiguous:
+                native.qaffine_act_nhwc(xb[i, r0:r1], a[i], b[i], qps[0], y_q, silu, out=out[i], pool=pool)
+            else:
+                out[i] = native.qaffine_act_nhwc(xb[i, r0:r1], a[i], b[i], qps[0], y_q, silu, pool=pool)
+    return rows
+
+
+def _resize_rows(fn, vals, qps, y_q, op_type, opset, attrs):
+    """rows(a, b, out) making row bands of a nearest Resize of a 4-D int8 x (requantized once to
+    the output's scale), or None when it is not a resize of the spatial dims only."""
+    x = vals[0]
+    if not (isinstance(x, np.ndarray) and x.dtype == _I8 and x.ndim == 4 and x.size and qps[0] is not None):
+        return None
+    found = _nearest_index(fn, vals, op_type, opset, attrs)
+    if found is None:
+        return None
+    idx, oh, ow = found
+    n, c, h, w = x.shape
+    src = _nhwc_i8(qfused.requantize(x, qps[0], y_q)).reshape(n, h * w, c)
+
+    def rows(r0, r1, out):
+        sel = idx[r0 * ow:r1 * ow]
+        if out.flags.c_contiguous:
+            np.take(src, sel, axis=1, out=out.reshape(n, (r1 - r0) * ow, c))
+        else:
+            out[...] = np.take(src, sel, axis=1).reshape(n, r1 - r0, ow, c)
+    return rows, oh, ow
+
+
+@op("QPrologueConv", domain=DOMAIN, backend="native")
+def QPrologueConv(*inputs, prologue, n_prologue, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+                  pads=None, strides=None, _ctx):
+    """The convolution's input made one band of rows at a time by its prologue (GroupNorm(+SiLU)
+    or nearest Resize); any case the bands do not cover runs the two native ops in turn."""
+    pro, rest = list(inputs[:n_prologue]), list(inputs[n_prologue:])
+    w, w_scale, w_zp, b, b_scale, b_zp, y_scale, y_zp = rest + [None] * (8 - len(rest))
+    attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
+                 strides=strides)
+
+    def unfused():
+        x = QDQ(*pro, **prologue, _ctx=_ctx)
+        return QConv(x, pro[-2], pro[-1], w, w_scale, w_zp, b, b_scale, b_zp, y_scale, y_zp, **attrs, _ctx=_ctx)
+
+    vals, qps, tail = qfused.unpack_inputs(pro, prologue["qin"])
+    y_x = qfused.qparams(tail[0], tail[1])       # the prologue's output = the convolution's input
+    x0 = vals[0]
+    if not (y_scale is not None and isinstance(w, np.ndarray) and w.dtype == _I8 and w.ndim == 4 and _zero(w_zp)
+            and isinstance(x0, np.ndarray) and x0.ndim == 4):
+        return unfused()
+    p_attrs = prologue.get("op_attrs") or {}
+    if prologue["op_type"] == "GroupNorm":
+        rows = _gn_rows(vals, qps, y_x, p_attrs, _ctx.pool)
+        shape = x0.shape
+    else:
+        impl = lookup(prologue["op_type"], prologue["op_opset"], prologue["op_domain"], "native")
+        kw = qfused.inner_kwargs(impl, p_attrs)
+        if impl.wants_ctx:
+            kw["_ctx"] = _ctx
+        found = _resize_rows(lambda *a: impl.fn(*a, **kw), vals, qps, y_x, prologue["op_type"],
+                             prologue["op_opset"], p_attrs)
+        rows, shape = (None, None) if found is None else (found[0], x0.shape[:2] + found[1:])
+    if rows is None:
+        return unfused()
+    probe = np.broadcast_to(np.int8(0), shape)
+    geo = _conv_geometry(probe, w, **attrs)
+    ws = _channel_scales(w_scale, w.shape[0])
+    if geo is None or ws is None:
+        return unfused()
+    strides_, onnx_pads, dilations_, group_ = geo
+    y_q = qfused.qparams(y_scale, y_zp)
+    bias = _int32_bias(qfused._bias_float(b, b_scale, b_zp), y_x[0], ws, w.shape[0])
+    req = y_x[0] * ws / y_q[0]
+    if bias is None or not (np.all(req >= native.QCONV_SCALE_RANGE[0]) and np.all(req < native.QCONV_SCALE_RANGE[1])):
+        return unfused()
+    p = _prepare_qconv(w, ws, bias, y_x, y_q, group_, strides_, dilations_, onnx_pads, shape, banded=True)
+    with p.conv:
+        n, _, h, wd = shape
+        return run_banded(p.conv, rows, n, h, wd, p.pads_tb, y_x[1], _ctx.pool).transpose(0, 3, 1, 2)

@@ -35,7 +35,7 @@ from ..layout import is_nhwc, nhwc_empty
 
 _I8 = np.dtype(np.int8)
 _F32 = np.dtype(np.float32)
-BLOCK_ELEMS = 1 << 20      # float values per block of the generic runner (4 MiB)
+BLOCK_ELEMS = 1 << 18      # float values per block of the generic runner (1 MiB)
 
 # Ops whose output values are input values moved around: Q(op(DQ(x))) == op(requant(x)).
 # data_inputs: the input positions holding tensor data (the rest are shapes, indices, axes).
@@ -82,8 +82,15 @@ def dequantize(q: np.ndarray, s: np.float32, z: int) -> np.ndarray:
 
 
 def quantize(x: np.ndarray, s: np.float32, z: int) -> np.ndarray:
-    """saturate(rint(x / s) + z) as int8: QuantizeLinear's arithmetic (x float32)."""
-    return quant.quantize(np.asarray(x, _F32), np.asarray(s, _F32), np.asarray(z, _I8), out_dtype=_I8)
+    """saturate(rint(x / s) + z) as int8: QuantizeLinear's arithmetic (float32 x / s, round half
+    to even), in one float32 temporary (saturating before adding z is the same as after, and
+    exact in float32); NaN gives 0, as ops/quant.py's reference."""
+    t = np.divide(np.asarray(x, _F32), np.float32(s), dtype=_F32)
+    np.rint(t, out=t)
+    np.nan_to_num(t, copy=False, nan=np.float32(-z))
+    np.clip(t, np.float32(-128 - z), np.float32(127 - z), out=t)
+    t += np.float32(z)
+    return t.astype(_I8)
 
 
 def requantize(q: np.ndarray, src: tuple, dst: tuple) -> np.ndarray:
@@ -363,3 +370,17 @@ def QDQ(*inputs, op_type, op_domain="", op_opset=1, op_attrs=None, qin=(), qout=
     if qout and is_move(op_type, op_domain, op_attrs or {}):
         return run_move(fn, vals, qps, y_q, data_inputs(op_type, len(vals)))
     return run_blockwise(fn, vals, qps, y_q, _split_spec(op_type, op_domain, op_attrs or {}, vals))
+
+
+@op("QPrologueConv", domain=DOMAIN)
+def QPrologueConv(*inputs, prologue, n_prologue, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+                  pads=None, strides=None):
+    """QConv(QDQ(prologue)(...)): a quantized op whose int8 output only this convolution reads
+    (GroupNorm(+SiLU), nearest Resize), kept as one node so that the native op can make the
+    convolution's input one band of rows at a time (ops/native_int8.py). inputs: the
+    prologue's node inputs (n_prologue of them, its output scale and zero point last), then the
+    convolution's from w on (w, w_scale, w_zp, b, b_scale, b_zp, y_scale, y_zp)."""
+    pro, rest = list(inputs[:n_prologue]), list(inputs[n_prologue:])
+    x = QDQ(*pro, **prologue)
+    return QConv(x, pro[-2], pro[-1], *rest, auto_pad=auto_pad, dilations=dilations, group=group,
+                 kernel_shape=kernel_shape, pads=pads, strides=strides)
