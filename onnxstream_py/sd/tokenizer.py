@@ -180,7 +180,10 @@ class CLIPTokenizer:
         with open(merges_path, encoding="utf-8") as f:
             # Same slice as CLIP and transformers: skip the '#version' line, at most 48894 merges.
             lines = f.read().strip().split("\n")[1:49152 - 256 - 2 + 1]
-        self.bpe_ranks = {tuple(m.split()): r for r, m in enumerate(lines)}
+        # Keyed by the merge line "a b" itself, not by a tuple: 8 MiB instead of 19 for CLIP's 48894 merges
+        # (the pipeline's RSS budget); byte-mapped symbols never contain a space.
+        self.bpe_ranks = {" ".join(m.split()): r for r, m in enumerate(lines)}
+        del lines
 
         config = {}
         # special_tokens_map.json overrides tokenizer_config.json, as in transformers' from_pretrained
@@ -224,7 +227,7 @@ class CLIPTokenizer:
         while len(word) > 1:
             best, best_rank = None, None
             for pair in zip(word, word[1:]):
-                r = ranks.get(pair)
+                r = ranks.get(pair[0] + " " + pair[1])
                 if r is not None and (best_rank is None or r < best_rank):
                     best, best_rank = pair, r
             if best is None:
