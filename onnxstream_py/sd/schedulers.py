@@ -97,6 +97,11 @@ def _sigma_to_t(sigma, log_sigmas: np.ndarray) -> np.ndarray:
     return ((1 - w) * low + w * high).reshape(sigma.shape)
 
 
+def _or(value, default):
+    """A config value, or the default when it is absent/None (0.0 is a value)."""
+    return default if value is None else value
+
+
 def _karras(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
     """Karras et al. (2022) sigmas, float64: equal steps in sigma^(1/rho)."""
     ramp = np.linspace(0, 1, n)
@@ -199,7 +204,7 @@ class _SigmaScheduler(Scheduler):
         sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)
         if c.get("use_karras_sigmas"):
             log_sigmas = np.log(train_sigmas)
-            sigmas = _karras(c.get("sigma_min") or sigmas[-1].item(), c.get("sigma_max") or sigmas[0].item(), n)
+            sigmas = _karras(_or(c.get("sigma_min"), sigmas[-1].item()), _or(c.get("sigma_max"), sigmas[0].item()), n)
             timesteps = np.array([_sigma_to_t(s, log_sigmas) for s in sigmas]).astype(F32)
         last = self._train_sigmas()[0] if c.get("final_sigmas_type", "zero") == "sigma_min" else 0.0
         self.sigmas = np.concatenate([sigmas, [last]]).astype(F32)
@@ -373,7 +378,8 @@ class DPMSolverPP2M(Scheduler):
         if c["use_karras_sigmas"]:
             log_sigmas = np.log(train_sigmas)
             flipped = train_sigmas[::-1]
-            sigmas = _karras(c.get("sigma_min") or flipped[-1].item(), c.get("sigma_max") or flipped[0].item(), n)
+            sigmas = _karras(_or(c.get("sigma_min"), flipped[-1].item()), _or(c.get("sigma_max"), flipped[0].item()),
+                             n)
             ts = np.array([_sigma_to_t(s, log_sigmas) for s in sigmas])
             if c["beta_schedule"] != "squaredcos_cap_v2":
                 ts = ts.round()
