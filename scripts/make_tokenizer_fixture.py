@@ -3,13 +3,13 @@
 
     python3 scripts/make_tokenizer_fixture.py [--out tests/fixtures/sd/tokenizer_ids.json]
 
-Needs transformers (no torch) and, for the slow tokenizer's own cleanup path, NO ftfy installed (the script
-refuses otherwise: with ftfy, transformers cleans text differently, see onnxstream_py/sd/tokenizer.py). The
-tokenizer folders are built from tests/fixtures/sd/clip_merges.txt.gz with scripts/make_clip_tokenizer.py, SD 1.5
-style (pad = <|endoftext|>) and SD 2.x style (pad = "!"). For each text it stores the slow tokenizer's ids
-without special tokens, the [77] padded ids per style, and the fast tokenizer's ids (it differs on CJK ideograph
-runs, control/format characters and a few lowercase corner cases; our mode="fast" follows it). tests/test_sd_tokenizer.py compares against this file and, when
-transformers is importable, live.
+Needs transformers (no torch) and, for the slow tokenizer's own cleanup path, NO ftfy installed (the script refuses
+otherwise: with ftfy, transformers cleans text differently, see onnxstream_py/sd/tokenizer.py). The tokenizer
+folders are built from tests/fixtures/sd/clip_merges.txt.gz with scripts/make_clip_tokenizer.py, SD 1.5 style (pad =
+<|endoftext|>) and SD 2.x style (pad = "!"). For each text it stores the slow tokenizer's ids without special
+tokens, the [77] padded ids per style, and the fast tokenizer's ids (it differs on CJK ideograph runs,
+control/format characters and a few lowercase corner cases; our mode="fast" follows it). tests/test_sd_tokenizer.py
+compares against this file and, when transformers is importable, live.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""The tokenizer test corpus (shared by tests/test_sd_tokenizer.py and scripts/make_tokenizer_fixture.py):
-punctuation, digits, contractions, accents, CJK, other scripts, emoji (with ZWJ and variation selectors),
-whitespace runs and control characters, final sigma and other lowercase corner cases, special tokens typed in the text, and prompts over 75 tokens."""
+"""The tokenizer test corpus (shared by tests/test_sd_tokenizer.py and scripts/make_tokenizer_fixture.py): punctuation,
+digits, contractions, accents, CJK, other scripts, emoji (with ZWJ and variation selectors), whitespace runs and
+control characters, final sigma and other lowercase corner cases, special tokens typed in the text, and prompts over
+75 tokens."""
 
 _LONG = ("masterpiece, best quality, ultra-detailed, 8k wallpaper, a majestic castle on a cliff above a stormy "
          "sea at sunset, dramatic lighting, volumetric clouds, crashing waves, seagulls, (intricate stonework:1.2),"

@@ -9,13 +9,13 @@ scheduler's own defaults. So SD 1.5's PNDM config (scaled_linear 0.00085..0.012,
 timestep_spacing key) gives euler its default "linspace" spacing and ddim "leading", while a config saved by a
 recent diffusers (which writes PNDM's timestep_spacing "leading") gives "leading" to all, as in diffusers.
 
-Precision: diffusers computes the schedule in float32 torch (betas, cumprod, sigmas) and steps in float32; we do
-the same operations in float32 numpy, so trajectories agree to 1.3e-6 relative (max |diff| / max |ref| over the
-test cases); the only systematic difference is torch.linspace's vectorised float32 rounding of the betas, which
-also moves euler's fractional Karras timesteps by up to 6e-6 relative. Noise: the stochastic samplers (euler_a every step,
-lcm every step but the last, ddim with eta > 0) draw `rng.standard_normal(shape, dtype=float32)` from the numpy
-Generator passed to step(), once per step, exactly when diffusers draws its randn_tensor -- so a seed fixes the
-image, and the tests feed diffusers the same arrays.
+Precision: diffusers computes the schedule in float32 torch (betas, cumprod, sigmas) and steps in float32; we do the
+same operations in float32 numpy, so trajectories agree to 1.3e-6 relative (max |diff| / max |ref| over the test
+cases); the only systematic difference is torch.linspace's vectorised float32 rounding of the betas, which also
+moves euler's fractional Karras timesteps by up to 6e-6 relative. Noise: the stochastic samplers (euler_a every
+step, lcm every step but the last, ddim with eta > 0) draw `rng.standard_normal(shape, dtype=float32)` from the
+numpy Generator passed to step(), once per step, exactly when diffusers draws its randn_tensor -- so a seed fixes
+the image, and the tests feed diffusers the same arrays.
 
 Usage (as in diffusers' pipeline):
     sched = make_scheduler("euler_a", "model/scheduler")
