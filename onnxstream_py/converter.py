@@ -466,6 +466,11 @@ class _Converter:
                     readers.setdefault(name, []).append((i, node, j))
         graph_outputs = {v.name for v in self.outputs}
         self._w8: dict[str, tuple[_Const, int]] = {}   # int8 weight name -> (float weight, axis)
+        if self._opset("") < 13:
+            # per-axis DequantizeLinear arrived in opset 13; raising the model's opset would
+            # change other ops' meaning (Squeeze, Split, ReduceSum take axes as inputs from 13)
+            raise ConversionError(f"--precision w8a32 needs opset >= 13 (per-axis DequantizeLinear); "
+                                  f"this model is opset {self._opset('')}")
         insert_at: dict[int, list[Node]] = {}
         for name, uses in readers.items():
             c = self.consts[name]
@@ -492,8 +497,6 @@ class _Converter:
             nodes.extend(insert_at.get(i, ()))
             nodes.append(node)
         self.nodes = nodes
-        if insert_at and self.opsets.get("", 1) < 13:
-            self.opsets[""] = 13           # DequantizeLinear's axis attribute needs opset 13
         return len(self._w8)
 
     def _quantized_value(self, name: str, cache: dict) -> np.ndarray:

@@ -199,6 +199,11 @@ def test_precision_record_round_trip_and_old_files(tmp_path):
         convert_model_proto(model, str(tmp_path / "c"), fp16=True, precision="w8a32")
     with pytest.raises(ConversionError, match="--quantize w8a8"):
         convert_model_proto(model, str(tmp_path / "c"), precision="w8a8")
+    old = onnx.ModelProto()
+    old.CopyFrom(model)
+    old.opset_import[0].version = 12
+    with pytest.raises(ConversionError, match="opset >= 13"):
+        convert_model_proto(old, str(tmp_path / "d"), precision="w8a32")
 
 
 def test_cli_precision(tmp_path, capsys, small_w8):
