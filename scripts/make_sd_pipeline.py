@@ -4,8 +4,8 @@ ONNX through optimum exactly as a user would (`optimum-cli export onnx --task te
 No weights can be downloaded here, so the networks are instantiated from SD 1.5's configs
 (scripts/make_synthetic_sd15.py states them) with seeded random weights; the tokenizer is
 CLIP's real byte-level BPE, built from the merges file that the open_clip_torch wheel ships
-(`open_clip/bpe_simple_vocab_16e6.txt.gz`, read from the wheel with zipfile; `pip download
---no-deps open_clip_torch==3.3.0` fetches it), and the scheduler config is SD 1.5's PNDM one.
+(`open_clip/bpe_simple_vocab_16e6.txt.gz`; scripts/make_clip_tokenizer.py builds the folder, from the
+wheel or the merges committed under tests/fixtures/sd), and the scheduler config is SD 1.5's PNDM one.
 `--tiny` keeps every block type with tiny widths and the first 2,000 BPE merges (vocabulary
 2,514), for tests and the built-in demo (a few MB).
 
@@ -24,18 +24,13 @@ scheduler/, model_index.json). The full export takes ~6 minutes and ~10 GiB of R
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-import zipfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BPE_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
 CLIP_MERGES = 49152 - 256 - 2          # CLIP's merge count (vocabulary 49408)
 TINY_MERGES = 2000
 SCHEDULER_CONFIG = {   # runwayml/stable-diffusion-v1-5 scheduler/scheduler_config.json, restated
@@ -56,47 +51,27 @@ TINY = {
 }
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable character table."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars = keep[:]
-    n = 0
-    for b in range(256):
-        if b not in keep:
-            keep.append(b)
-            chars.append(256 + n)
-            n += 1
-    return dict(zip(keep, map(chr, chars)))
-
-
-def find_wheel(path: str | None) -> str:
-    candidates = [path] if path else []
-    candidates += [os.path.join(d, f) for d in ("/work/dl", os.path.expanduser("~/.cache/onnxstream"))
-                   if os.path.isdir(d) for f in sorted(os.listdir(d)) if f.startswith("open_clip_torch")]
-    for c in candidates:
+def tokenizer_source(path: str | None) -> str:
+    """The merges source: --wheel, else make_clip_tokenizer's default (the wheel if on disk, else
+    the merges file committed under tests/fixtures/sd)."""
+    sys.path.insert(0, HERE)
+    import make_clip_tokenizer as mct
+    for c in (path, mct.DEFAULT_WHEEL, mct.FIXTURE):
         if c and os.path.isfile(c):
             return c
-    raise SystemExit("open_clip_torch wheel not found: pip download --no-deps open_clip_torch==3.3.0 -d DIR "
-                     "and pass --wheel DIR/open_clip_torch-3.3.0-py3-none-any.whl")
+    raise SystemExit("no CLIP merges found: pass --wheel (pip download --no-deps open_clip_torch==3.3.0)")
 
 
-def write_tokenizer_files(out_dir: str, wheel: str, merges_count: int) -> int:
-    """vocab.json and merges.txt of CLIP's BPE with its first merges_count merges; returns the
-    vocabulary size (byte chars, the same with </w>, one token per merge, the two specials)."""
-    with zipfile.ZipFile(wheel) as z:
-        lines = gzip.GzipFile(fileobj=io.BytesIO(z.read(BPE_MEMBER))).read().decode("utf-8").split("\n")
-    merges = [tuple(m.split()) for m in lines[1:1 + merges_count]]
-    base = list(bytes_to_unicode().values())
-    vocab = base + [c + "</w>" for c in base] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "vocab.json"), "w", encoding="utf-8") as f:
-        json.dump({tok: i for i, tok in enumerate(vocab)}, f, ensure_ascii=False)
-    with open(os.path.join(out_dir, "merges.txt"), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    return len(vocab)
+def write_tokenizer_files(out_dir: str, source: str, merges_count: int) -> int:
+    """CLIP's tokenizer folder with its first merges_count merges (make_clip_tokenizer defines
+    the vocabulary); returns the vocabulary size."""
+    import make_clip_tokenizer as mct
+    merges = mct.read_merges(source)[:merges_count]
+    mct.write_folder(out_dir, merges)
+    return len(mct.build_vocab(merges))
 
 
-def build_pipeline(out_dir: str, tiny: bool, seed: int, wheel: str) -> str:
+def build_pipeline(out_dir: str, tiny: bool, seed: int, source: str) -> str:
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -105,7 +80,7 @@ def build_pipeline(out_dir: str, tiny: bool, seed: int, wheel: str) -> str:
     from make_synthetic_sd15 import TEXT_ENCODER_CONFIG, UNET_CONFIG, VAE_CONFIG
 
     tok_dir = os.path.join(out_dir, "_tokenizer_src")
-    vocab_size = write_tokenizer_files(tok_dir, wheel, TINY_MERGES if tiny else CLIP_MERGES)
+    vocab_size = write_tokenizer_files(tok_dir, source, TINY_MERGES if tiny else CLIP_MERGES)
     tokenizer = CLIPTokenizer(os.path.join(tok_dir, "vocab.json"), os.path.join(tok_dir, "merges.txt"),
                               pad_token="<|endoftext|>", model_max_length=77)
     te_cfg = dict(TEXT_ENCODER_CONFIG, vocab_size=vocab_size, **(TINY["text_encoder"] if tiny else {}),
@@ -141,11 +116,11 @@ def main(argv=None) -> int:
     p.add_argument("out_dir")
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--wheel", help="open_clip_torch wheel (default: look in /work/dl and ~/.cache/onnxstream)")
+    p.add_argument("--wheel", help="open_clip_torch wheel or merges file (default: make_clip_tokenizer's)")
     p.add_argument("--no-export", action="store_true", help="only the diffusers folder")
     args = p.parse_args(argv)
     t0 = time.time()
-    diffusers_dir = build_pipeline(args.out_dir, args.tiny, args.seed, find_wheel(args.wheel))
+    diffusers_dir = build_pipeline(args.out_dir, args.tiny, args.seed, tokenizer_source(args.wheel))
     print(f"diffusers pipeline: {diffusers_dir} ({time.time() - t0:.0f} s)", flush=True)
     if not args.no_export:
         export_onnx(diffusers_dir, os.path.join(args.out_dir, "onnx"))

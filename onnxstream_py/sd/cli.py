@@ -153,9 +153,8 @@ def cmd_demo(args) -> int:
     ours_rss = peak_rss_mib()
     print(f"wrote {args.output} ({img.size[0]}x{img.size[1]}, {args.steps} steps euler_a, seed {args.seed}); "
           f"{sd.times.summary()}")
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
+    import importlib.util
+    if importlib.util.find_spec("onnxruntime") is None:
         print("(onnxruntime not installed: skipping the comparison)")
         return 0
     ref = OrtStableDiffusion(out_dir, export_dir=DEMO_EXPORT, progress=False)

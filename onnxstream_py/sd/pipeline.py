@@ -47,6 +47,20 @@ SAMPLER_NAMES = {"euler_a": "Euler a", "euler": "Euler", "ddim": "DDIM", "dpmpp_
                  "lcm": "LCM"}
 
 
+def _read_text(path_or_url: str) -> str:
+    """A small text file from disk or, for an http(s):// URL, from a web server (nothing written)."""
+    from weights_providers import http
+    if http.is_url(path_or_url):
+        return http.fetch_text(path_or_url)
+    with open(path_or_url, encoding="utf-8") as f:
+        return f.read()
+
+
+def _join(path: str, rel: str) -> str:
+    from weights_providers import http
+    return http.join_url(path, rel) if http.is_url(path) else os.path.join(path, rel)
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -129,12 +143,11 @@ class StableDiffusion:
                  vae_tile: int | None = None, options=None, progress: bool = True):
         from ..options import RunOptions
         self.path = path
-        manifest = os.path.join(path, MANIFEST)
-        if not os.path.isfile(manifest):
+        manifest = _join(path, MANIFEST)
+        if "://" not in manifest and not os.path.isfile(manifest):
             raise FileNotFoundError(f"{path}: no {MANIFEST}; convert an exported pipeline with "
                                     f"`onnxstream convert-sd EXPORT_DIR {path}`")
-        with open(manifest, encoding="utf-8") as f:
-            self.manifest = json.load(f)
+        self.manifest = json.loads(_read_text(manifest))
         self.rpi = rpi
         self.provider = provider or ("nocache" if rpi else "prefetch")
         if max_memory is None:
@@ -152,7 +165,7 @@ class StableDiffusion:
         rel = self.manifest.get(key)
         if rel is None:
             raise FileNotFoundError(f"{self.path}: {MANIFEST} names no {key!r}")
-        return os.path.join(self.path, rel)
+        return _join(self.path, rel)
 
     @property
     def tokenizer(self):
@@ -163,7 +176,10 @@ class StableDiffusion:
 
     def scheduler(self, name: str, karras: bool = False):
         from .schedulers import make_scheduler
-        return make_scheduler(name, self._sub("scheduler"), karras=karras)
+        config = self._sub("scheduler")
+        if "://" in config:     # a URL: the config as a dict (schedulers read local files)
+            config = json.loads(_read_text(_join(config, "scheduler_config.json")))
+        return make_scheduler(name, config, karras=karras)
 
     def _model(self, key: str, provider: str | None = None) -> "Network":
         from ..model import Model
@@ -187,6 +203,8 @@ class StableDiffusion:
         windows = max(len(cond_ids), len(unc_ids))
         cond_ids, cond_w = _pad_windows(tok, cond_ids, cond_w, windows)
         unc_ids, unc_w = _pad_windows(tok, unc_ids, unc_w, windows)
+        self._tokenizer = None      # ~17 MiB that the UNet and VAE stages need not carry
+        from .prompt import apply_emphasis
         t0 = time.perf_counter()
         bar = self._bar(2 * windows, "text encoder")
         with self._model("text_encoder", provider="nocache" if self.rpi else None) as te:
@@ -196,7 +214,7 @@ class StableDiffusion:
                 parts = []
                 for window, w in zip(ids, weights):
                     h = te.run({te.input_names[0]: np.asarray(window, dtype=dtype)})[te.output_names[0]]
-                    parts.append(_apply_weights(h, w))
+                    parts.append(apply_emphasis(h, np.asarray(w).reshape(-1)))
                     if bar is not None:
                         bar.update(1)
                 out.append(np.concatenate(parts, axis=1))
@@ -385,23 +403,6 @@ def _pad_windows(tok, ids: list, weights: list, n: int):
             ids.append(empty_ids[0])
             weights.append(empty_w[0])
     return ids, weights
-
-
-def _apply_weights(h: np.ndarray, w) -> np.ndarray:
-    """A1111's emphasis: scale each token's hidden state by its weight, then restore the
-    window's original mean (so emphasis shifts attention without changing the overall scale)."""
-    w = np.asarray(w, dtype=np.float32).reshape(1, -1, 1)
-    if np.all(w == 1.0):
-        return h
-    mean = h.mean(dtype=np.float64)
-    scaled = h * w
-    new_mean = scaled.mean(dtype=np.float64)
-    # The ratio is ill-conditioned when the mean is ~0 next to the values (random-weight encoders:
-    # a 1e-7 change of the hidden states moved it from 1.0 to 1.6): restore only a mean that
-    # carries signal, i.e. is at least 1e-3 of the mean magnitude, and keeps its sign.
-    if abs(new_mean) < 1e-3 * float(np.abs(scaled).mean(dtype=np.float64)) or mean * new_mean <= 0:
-        return scaled.astype(h.dtype)
-    return (scaled * np.float32(mean / new_mean)).astype(h.dtype)
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
