@@ -90,12 +90,12 @@ class DequantProvider:
         if d is None:
             return self._inner.get_rows(name, rows)
         rows = np.asarray(rows, dtype=np.int64)
-        q = self._inner.get_rows(d.source, rows)
+        flat = rows.reshape(-1)          # rows of axis 0, so the quantization axis keeps its index
+        q = self._inner.get_rows(d.source, flat)
         scale, zp = self._param(d.scale), self._param(d.zero_point)
-        if d.axis == 0 and np.size(scale) > 1:     # per output channel along the rows read
-            scale = np.asarray(scale).reshape(-1)[rows.reshape(-1)]
-            zp = None if zp is None else np.asarray(zp).reshape(-1)[rows.reshape(-1)]
-            q = q.reshape((rows.size,) + tuple(d.shape[1:]))
+        if d.axis == 0 and np.size(scale) > 1:     # per output channel: the rows' own scales
+            scale = np.asarray(scale).reshape(-1)[flat]
+            zp = None if zp is None else np.asarray(zp).reshape(-1)[flat]
         y = self._dequantize(d, np.ascontiguousarray(q), scale, zp)
         return y.reshape(rows.shape + tuple(d.shape[1:]))
 

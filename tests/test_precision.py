@@ -240,3 +240,24 @@ def test_run_precision_validation_and_fallbacks(tmp_path, small_w8):
     assert len(msgs) == 1 and "computing in fp32" in msgs[0], msgs     # one clear message, no noise
     assert m.precision == "fp32" and m.options.precision == "fp32"
     np.testing.assert_array_equal(fp16["y"], auto["y"])
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_quantized_embedding_rows_gathered_dequantized(axis, tmp_path):
+    """Gather from a QDQ int8 table reads only the rows it needs, dequantized with their scales."""
+    rng = np.random.default_rng(4)
+    table = rng.integers(-127, 128, (50, 13)).astype(np.int8)
+    scale = rng.uniform(0.01, 0.1, table.shape[axis]).astype(np.float32)
+    nodes = [helper.make_node("DequantizeLinear", ["tq", "ts"], ["t"], axis=axis),
+             helper.make_node("Gather", ["t", "ids"], ["y"], axis=0)]
+    g = helper.make_graph(nodes, "emb", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 13])],
+                          [numpy_helper.from_array(table, "tq"), numpy_helper.from_array(scale, "ts")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)])
+    convert_model_proto(model, str(tmp_path / "m"))
+    ids = np.array([[3, -1, 7], [49, 0, 3]], np.int64)
+    want = ReferenceEvaluator(model).run(None, {"ids": ids})[0]
+    for backend in ("numpy", "native"):
+        got, m = _run(tmp_path / "m", {"ids": ids}, backend=backend)
+        assert m.plan.steps[0].row_gather
+        np.testing.assert_array_equal(got["y"], want)
