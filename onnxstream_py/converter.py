@@ -141,7 +141,10 @@ def _spill(value: np.ndarray, tmp_dir: str, key: int) -> _Const:
 
 # ---------------------------------------------------------------- attributes
 
-def _attrs(node: onnx.NodeProto) -> dict:
+def _attrs(node: onnx.NodeProto, base_dir: str = "") -> dict:
+    """A node's attributes as Python values. Tensor attributes may hold external data (optimum's
+    SD export keeps Constant values in unet/model.onnx_data): read from base_dir, where onnx
+    checks that the location stays inside it."""
     out = {}
     for a in node.attribute:
         if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
@@ -151,11 +154,11 @@ def _attrs(node: onnx.NodeProto) -> dict:
         if isinstance(v, bytes):
             v = v.decode("utf-8")
         elif isinstance(v, onnx.TensorProto):
-            v = numpy_helper.to_array(v)
+            v = numpy_helper.to_array(v, base_dir)
         elif isinstance(v, list) and v and isinstance(v[0], bytes):
             v = [s.decode("utf-8") for s in v]
         elif isinstance(v, list) and v and isinstance(v[0], onnx.TensorProto):
-            v = [numpy_helper.to_array(x) for x in v]
+            v = [numpy_helper.to_array(x, base_dir) for x in v]
         out[a.name] = v
     return out
 
@@ -270,7 +273,7 @@ class _Converter:
             if name in seen_names:
                 name = f"{name}__{i}"
             seen_names.add(name)
-            self.nodes.append(Node(n.op_type, name, list(n.input), list(n.output), _attrs(n),
+            self.nodes.append(Node(n.op_type, name, list(n.input), list(n.output), _attrs(n, base_dir),
                                    "" if n.domain == "ai.onnx" else n.domain))
         self.tmp_dir = tempfile.mkdtemp(prefix="onnxstream-convert-")
         self._spills = 0
