@@ -217,10 +217,12 @@ def _parse_line(kind: str, rest: str, g: Graph) -> None:
         raise ValueError(f"unknown line kind {kind!r}")
 
 
-def read_graph(path: str) -> Graph:
+def read_graph(path: str, text: str | None = None) -> Graph:
+    """Parse the graph file ``path``; ``text``, when given, is its content (fetched over HTTP)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        if text is None:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
     except OSError as e:
         raise GraphFormatError(f"cannot read graph file {path}: {e}") from None
     except UnicodeDecodeError as e:

@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 import weights_providers as wp
+from weights_providers import http
 from weights_providers.base import WeightsProvider
 from weights_providers.format import WEIGHTS_FILE, WeightsError
 
@@ -29,6 +30,16 @@ PROVIDERS = ("nocache", "prefetch", "ram")
 
 def open_provider(kind: str, weights_path: str, options: RunOptions) -> wp.WeightsProvider:
     k = kind.lower().replace("_", "").replace("-", "")
+    if http.is_url(weights_path):
+        # a model on a web server: "prefetch"/"http" read ahead, "nocache" fetches each tensor
+        # when asked (budget 0), "ram" keeps what it fetched
+        verify = "never" if options.verify_checksums in (False, "never") else "always"
+        if k in ("http", "prefetch", "diskprefetch"):
+            return http.Http(weights_path, budget_bytes=options.prefetch_bytes, verify=verify)
+        if k in ("nocache", "disknocache"):
+            return http.Http(weights_path, budget_bytes=0, verify=verify)
+        if k == "ram":
+            return wp.Ram(http.Http(weights_path, budget_bytes=0, verify=verify))
     if k in ("nocache", "disknocache"):
         return wp.DiskNoCache(weights_path, verify=options.verify_checksums)
     if k in ("prefetch", "diskprefetch"):
@@ -63,15 +74,21 @@ class Model:
         if os.path.isfile(path) and path.lower().endswith(".onnx"):
             raise EngineError(f"{path} is an ONNX file; convert it once with `onnxstream convert {path} OUT_DIR` "
                               f"and load OUT_DIR")
-        self.graph: Graph = read_graph(os.path.join(path, GRAPH_FILE))
+        self.is_url = http.is_url(path)
+        if self.is_url:     # a model directory on a web server (weights_providers/http.py)
+            fetch = provider.fetch_text if isinstance(provider, http.Http) else http.fetch_text
+            graph_url = http.join_url(path, GRAPH_FILE)
+            self.graph: Graph = read_graph(graph_url, fetch(graph_url))
+        else:
+            self.graph = read_graph(os.path.join(path, GRAPH_FILE))
         # what this run computes in ("fp32", "fp16", "w8a8"); "fp16" without FP16 arithmetic -> "fp32"
         self.precision = precision.resolve(self.graph, self.options.precision)
         if self.options.precision == "fp16" and self.precision != "fp16":
             self.options = dataclasses.replace(self.options, precision=self.precision)
         self.plan: Plan = build_plan(self.graph, self.options)
-        weights_path = os.path.join(path, WEIGHTS_FILE)
+        weights_path = http.join_url(path, WEIGHTS_FILE) if self.is_url else os.path.join(path, WEIGHTS_FILE)
         if isinstance(provider, str):
-            if not self.graph.weights and not os.path.exists(weights_path):
+            if not self.graph.weights and (self.is_url or not os.path.exists(weights_path)):
                 self.provider = _NoWeights()
             else:
                 self.provider = open_provider(provider, weights_path, self.options)
@@ -89,7 +106,10 @@ class Model:
         if self.options.backend == "native":
             self.ctx = NativeContext(self.options, self._operator_cache_budget(provider))
             if self.options.kernel_choice != "measure":    # measuring re-measures every shape
-                kernel_choice.load_file(path)
+                if self.is_url:
+                    _load_choices_url(path, provider)
+                else:
+                    kernel_choice.load_file(path)
         self._interpreter = Interpreter(self.graph, self.plan, self.provider, self.ctx)
         self._runs = 0
         self._planned_cache_version = 0
@@ -173,7 +193,9 @@ class Model:
 
     def save_kernel_choices(self) -> str | None:
         """Store the measured kernel choices beside the model; None if the directory is
-        read-only (the choices still hold for this process)."""
+        read-only or a URL (the choices still hold for this process)."""
+        if self.is_url:
+            return None
         try:
             return kernel_choice.save_file(self.path)
         except OSError:
@@ -192,6 +214,23 @@ class Model:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _load_choices_url(path: str, provider) -> None:
+    """The kernel choices stored beside a model on a web server, if it has them (the same
+    kernels as from disk, so the same bits); none or unreadable: measured/defaulted as usual."""
+    import json
+    url = http.join_url(path, kernel_choice.CHOICES_FILE)
+    try:
+        if isinstance(provider, http.Http):
+            text = provider.fetch_text(url)
+        else:
+            text = http.fetch_text(url, retries=2, deadline=30.0)
+        data = json.loads(text)
+        if data.get("format") == kernel_choice.FILE_FORMAT:
+            kernel_choice.load(data["machines"].get(kernel_choice.machine_fingerprint(), []))
+    except (WeightsError, ValueError, KeyError, TypeError, AttributeError):
+        pass
 
 
 class _NoWeights(WeightsProvider):

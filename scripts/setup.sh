@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras="convert"
-[ "${1:-}" = "--test" ] && extras="convert,test"
+test_pkgs=""     # nginx: tests/test_http_provider.py serves converted models with it (as the user, no service)
+[ "${1:-}" = "--test" ] && extras="convert,test" && test_pkgs="nginx"
 
 if command -v apt-get >/dev/null 2>&1; then
     SUDO=""
@@ -14,7 +15,7 @@ if command -v apt-get >/dev/null 2>&1; then
     # XNNPACK + pthreadpool: the native path's math libraries (same packages on Raspberry Pi OS arm64).
     $SUDO apt-get update -qq
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        libxnnpack-dev libpthreadpool-dev >/dev/null
+        libxnnpack-dev libpthreadpool-dev $test_pkgs >/dev/null
 else
     echo "setup.sh: apt-get not found; install XNNPACK and pthreadpool development files yourself" >&2
 fi

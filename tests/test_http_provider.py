@@ -1,0 +1,446 @@
+"""The HTTP weights provider (weights_providers/http.py) against a real nginx on 127.0.0.1.
+
+A module fixture starts nginx (Debian's package; scripts/setup.sh --test installs it) as the
+current user with a generated configuration in a tmp dir (no daemon, no master process, a
+free port), serving converted tiny models: a conv net, the tiny SD1 UNet fixture and the
+tiny SD pipeline. tests/fault_proxy.py sits in front of it to inject faults on a seeded
+schedule. Outputs over HTTP must be bitwise identical to DiskNoCache's, under faults too.
+"""
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import weights_providers as wp
+from weights_providers import Http, WeightsError
+from weights_providers.format import WEIGHTS_FILE
+
+from fault_proxy import KINDS, Blackhole, FaultProxy
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx not installed (bash scripts/setup.sh --test)")
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "models"
+UNET = "unet_sd1_ts17"
+# small knobs so fault tests are quick: stalls (1.5 s) exceed the 0.5 s read timeout
+FAST = dict(timeout=0.5, retries=8, backoff=0.02, max_backoff=0.2, deadline=60.0, seed=1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, proc, seconds: float = 10.0) -> None:
+    t_end = time.monotonic() + seconds
+    while time.monotonic() < t_end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"nginx exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("nginx did not start listening")
+
+
+def start_nginx(root: Path, work: Path):
+    """nginx serving ``root`` on a free port, as the current user; returns (process, port)."""
+    port = _free_port()
+    for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (work / d).mkdir(parents=True, exist_ok=True)
+    conf = work / "nginx.conf"
+    conf.write_text(f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/client_body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    types {{ application/octet-stream bin; text/plain txt; application/json json; }}
+    default_type application/octet-stream;
+    sendfile on;
+    keepalive_requests 100000;
+    keepalive_timeout 60s;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+""")
+    proc = subprocess.Popen([NGINX, "-p", str(work), "-c", str(conf), "-e", str(work / "error.log")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_port(port, proc)
+    except RuntimeError:
+        proc.kill()
+        raise RuntimeError(f"nginx failed: {proc.stderr.read().decode(errors='replace')}") from None
+    return proc, port
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(root dir, base URL of nginx) with converted models conv/, unet/, sd/ under the root."""
+    from onnxstream_py.converter import convert, convert_model_proto
+    from model_builders import conv_mlp
+
+    root = tmp_path_factory.mktemp("http_root")
+    work = tmp_path_factory.mktemp("nginx")
+    quiet = lambda *a, **k: None  # noqa: E731
+    convert_model_proto(conv_mlp(seed=3, channels=32), str(root / "conv"), log=quiet)
+    convert(str(FIXTURES / f"{UNET}.onnx"), str(root / "unet"), log=quiet)
+    write_blobs(root / "blobs")
+    proc, port = start_nginx(root, work)
+    yield root, f"http://127.0.0.1:{port}"
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def make_blobs() -> dict[str, np.ndarray]:
+    """Tensors with SIMD-tail and multi-MiB sizes (several socket pieces: faults mid-body)."""
+    rng = np.random.default_rng(11)
+    out = {f"t{n}": rng.standard_normal(n).astype(np.float32) for n in (1, 13, 19, 127, 1000, 4099)}
+    out["big"] = rng.standard_normal((3, 1 << 19)).astype(np.float32)          # 6 MiB
+    out["i8"] = rng.integers(-128, 128, size=(77, 13), dtype=np.int8)
+    out["big2"] = rng.standard_normal((1 << 20) + 7).astype(np.float32)
+    return out
+
+
+def write_blobs(d: Path) -> None:
+    from weights_providers.format import WeightsWriter
+    d.mkdir()
+    blobs = make_blobs()
+    w = WeightsWriter(str(d / WEIGHTS_FILE), [(n, a.dtype, a.shape) for n, a in blobs.items()])
+    for n, a in blobs.items():
+        w.write(n, a)
+    w.close()
+
+
+def unet_feeds() -> dict[str, np.ndarray]:
+    from fixture_inputs import draw_inputs
+    spec = json.loads((FIXTURES / "manifest.json").read_text())["fixtures"][UNET]
+    return draw_inputs(spec["inputs"], 0, spec["seed"])
+
+
+CONV_FEEDS = {"x": np.random.default_rng(5).standard_normal((2, 3, 19, 13)).astype(np.float32)}
+
+
+def run_model(path, provider, feeds, runs: int = 1):
+    from onnxstream_py import Model
+    with Model(path, provider=provider) as m:
+        outs = [m.run(feeds) for _ in range(runs)]
+    return outs
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+        assert a[k].tobytes() == b[k].tobytes(), f"output {k!r} differs"
+
+
+@pytest.fixture(scope="module")
+def disk_unet(served):
+    root, _ = served
+    return run_model(str(root / "unet"), "nocache", unet_feeds())[0]
+
+
+# --- plain serving ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("provider", ["prefetch", "nocache", "http", "ram"])
+def test_conv_net_over_http_is_bitwise_disk(served, provider):
+    root, url = served
+    want = run_model(str(root / "conv"), "nocache", CONV_FEEDS)[0]
+    got = run_model(f"{url}/conv", provider, CONV_FEEDS, runs=2)
+    for g in got:
+        assert_same(g, want)
+
+
+def test_tiny_unet_over_http_is_bitwise_disk(served, disk_unet):
+    _, url = served
+    for g in run_model(f"{url}/unet", "prefetch", unet_feeds(), runs=2):
+        assert_same(g, disk_unet)
+
+
+def test_provider_instance_merges_adjacent_tensors_and_reuses_connections(served, disk_unet):
+    root, url = served
+    from onnxstream_py import Model
+    p = Http(f"{url}/unet", budget_bytes=1 << 20)
+    with Model(f"{url}/unet", provider=p) as m:
+        assert_same(m.run(unet_feeds()), disk_unet)
+        planned = len(dict.fromkeys(m.plan.weight_order))
+        stats = p.stats
+    # index (probe + 2 agreeing copies) + one request per merged span: fewer than one per tensor
+    assert planned > 20
+    assert stats["requests"] < planned, stats
+    assert not stats["failures"] and not stats["range_ignored"]
+    # every tensor arrives intact and equal to the disk copy, served out of plan order too
+    with Http(f"{url}/unet", budget_bytes=0) as h, wp.DiskNoCache(str(root / "unet")) as d:
+        names = list(d.index.entries)
+        for name in names[::-1][:40]:
+            assert h.get(name).tobytes() == d.get(name).tobytes()
+        assert h.index.header_bytes == d.index.header_bytes
+
+
+def test_weights_url_and_errors_for_missing_things(served):
+    _, url = served
+    with Http(f"{url}/conv/{WEIGHTS_FILE}") as h:
+        assert len(h.index) > 0
+    with pytest.raises(WeightsError, match=r"/nope/weights.bin.*404"):
+        Http(f"{url}/nope", **FAST)
+    with pytest.raises(ValueError, match="not an http"):
+        Http("/tmp/model")
+    with Http(f"{url}/conv") as h, pytest.raises(WeightsError, match="not in weights file"):
+        h.get("no such tensor")
+
+
+# --- faults ------------------------------------------------------------------------------------
+
+def test_fault_proxy_ten_runs_identical(served, disk_unet):
+    """>= 1 fault per 20 requests, every kind; 10 consecutive runs, all bitwise identical."""
+    root, url = served
+    with FaultProxy(int(url.rsplit(":", 1)[1]), seed=7, rate=0.15, stall_seconds=1.0) as proxy:
+        from onnxstream_py import Model
+        p = Http(f"{proxy.url}/unet", budget_bytes=64 * 1024, merge_bytes=8 * 1024, **FAST)
+        with Model(f"{proxy.url}/unet", provider=p) as m:
+            for _ in range(10):
+                assert_same(m.run(unet_feeds()), disk_unet)
+        faults = proxy.faults()
+        requests = len(proxy.log)
+    assert set(faults) == set(KINDS), faults
+    assert requests >= 60 and sum(faults.values()) * 20 >= requests, (faults, requests)
+    assert sum(p.stats["failures"].values()) >= sum(faults.values()) - 2   # (a last stall may be unread)
+
+
+@pytest.mark.parametrize("budget", [0, 8 << 20])
+def test_faults_in_big_tensors_resume_and_verify(served, budget):
+    """Every fault kind on multi-MiB bodies: drops and stalls resume the missing bytes."""
+    _, url = served
+    blobs = make_blobs()
+    order = list(blobs) * 3
+    with FaultProxy(int(url.rsplit(":", 1)[1]), seed=5, rate=0.3, stall_seconds=1.0) as proxy:
+        with Http(f"{proxy.url}/blobs", budget_bytes=budget, merge_bytes=64 * 1024, **FAST) as h:
+            h.plan(order)
+            for run in range(3):
+                h.restart()
+                for name in order:
+                    a = h.get(name)
+                    assert a.dtype == blobs[name].dtype and a.shape == blobs[name].shape
+                    assert a.tobytes() == blobs[name].tobytes(), name
+                    h.release(name)
+            fails = h.stats["failures"]
+        assert set(proxy.faults()) == set(KINDS), proxy.faults()
+    assert any("short body" in k or "Reset" in k or "timed out" in k for k in fails), fails
+
+
+def test_server_ignoring_range_is_read_without_buffering(served, disk_unet):
+    root, url = served
+    with FaultProxy(int(url.rsplit(":", 1)[1]), strip_range=True) as proxy:
+        p = Http(f"{proxy.url}/unet", budget_bytes=0, **FAST)
+        got = run_model(f"{proxy.url}/unet", p, unet_feeds())[0]
+        assert_same(got, disk_unet)
+        assert p.stats["range_ignored"]
+        # each request stopped after the bytes it needed: far less than a whole file per request
+        size = os.path.getsize(root / "unet" / WEIGHTS_FILE)
+        assert p.stats["bytes_received"] < size * len(proxy.log) / 2
+
+
+def test_corrupted_bytes_never_give_an_output(served):
+    _, url = served
+    with FaultProxy(int(url.rsplit(":", 1)[1]), seed=3, rate=1.0, kinds=("flip",)) as proxy:
+        t0 = time.monotonic()
+        with pytest.raises(WeightsError) as ei:
+            run_model(f"{proxy.url}/conv", Http(f"{proxy.url}/conv", retries=2, backoff=0.01, timeout=2),
+                      CONV_FEEDS)
+        msg = str(ei.value)
+    # the index is fetched until two copies agree: with every body corrupted they never do
+    assert proxy.url in msg and ("differ" in msg or "checksum" in msg), msg
+    assert time.monotonic() - t0 < 30
+
+
+def test_checksum_mismatch_names_url_tensor_and_cause(served):
+    _, url = served
+    h = Http(f"{url}/conv", retries=1, backoff=0.01, budget_bytes=0)
+    try:
+        with FaultProxy(int(url.rsplit(":", 1)[1]), rate=1.0, kinds=("flip",)) as proxy:
+            h.url = f"{proxy.url}/conv/{WEIGHTS_FILE}"       # index read cleanly, tensors corrupted
+            name = next(iter(h.index.entries))
+            with pytest.raises(WeightsError) as ei:
+                h.get(name)
+        msg = str(ei.value)
+        assert h.url in msg and repr(name) in msg and "checksum mismatch" in msg and "2 attempts" in msg
+    finally:
+        h.close()
+
+
+@pytest.mark.parametrize("kind", ["refused", "hung"])
+def test_dead_server_is_a_clear_error_within_the_deadline(kind):
+    deadline = 2.0
+    hole = None
+    if kind == "refused":
+        port = _free_port()              # nothing listens there
+    else:
+        hole = Blackhole()
+        port = hole.port
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(WeightsError) as ei:
+            Http(f"http://127.0.0.1:{port}/m", timeout=0.3, retries=50, backoff=0.05, deadline=deadline)
+        elapsed = time.monotonic() - t0
+    finally:
+        if hole is not None:
+            hole.close()
+    msg = str(ei.value)
+    assert f"127.0.0.1:{port}/m/weights.bin" in msg and "weights index" in msg
+    assert ("refused" in msg.lower() or "deadline" in msg) if kind == "refused" else ("deadline" in msg or "timed out" in msg)
+    # the probe's deadline, with slack for a loaded machine
+    assert elapsed < deadline + 1.5, elapsed
+
+
+def test_dead_server_through_model_is_bounded():
+    from onnxstream_py import Model
+    port = _free_port()
+    t0 = time.monotonic()
+    with pytest.raises(WeightsError, match="graph.txt"):
+        Model(f"http://127.0.0.1:{port}/m", provider="prefetch")
+    assert time.monotonic() - t0 < 30     # default backoff: 6 retries, at most 0.25*(1+2+..+32) s
+
+
+def test_retry_after_is_honoured(served):
+    _, url = served
+    with FaultProxy(int(url.rsplit(":", 1)[1]), seed=2, rate=0.5, kinds=("429",), retry_after="1") as proxy:
+        t0 = time.monotonic()
+        with Http(f"{proxy.url}/conv", budget_bytes=0, backoff=0.001, max_backoff=0.001) as h:
+            for name in list(h.index.entries)[:3]:
+                h.get(name)
+            n429 = h.stats["failures"].get("HTTP 429 Too Many Requests", 0)
+        waited = time.monotonic() - t0
+    assert n429 >= 1
+    assert waited >= 0.9 * n429, (waited, n429)
+
+
+def test_bearer_token_only_when_the_variable_is_set(served, monkeypatch):
+    _, url = served
+    seen = []
+    with FaultProxy(int(url.rsplit(":", 1)[1])) as proxy:
+        orig = proxy._forward
+
+        def spy(client, request, fault):
+            seen.append(request.decode("latin-1"))
+            return orig(client, request, fault)
+
+        proxy._forward = spy
+        monkeypatch.delenv("OSN_TEST_TOKEN", raising=False)
+        Http(f"{proxy.url}/conv", token_env="OSN_TEST_TOKEN").close()
+        assert seen and not any("authorization" in r.lower() for r in seen)
+        seen.clear()
+        monkeypatch.setenv("OSN_TEST_TOKEN", "s3cret")
+        Http(f"{proxy.url}/conv", token_env="OSN_TEST_TOKEN").close()
+        assert seen and all("Authorization: Bearer s3cret" in r for r in seen)
+
+
+# --- nothing on disk ---------------------------------------------------------------------------
+
+def test_no_file_is_opened_or_written_during_a_run(served, disk_unet, monkeypatch, tmp_path):
+    root, url = served
+    from onnxstream_py import Model
+    listing = lambda: sorted((str(p), p.stat().st_size) for p in root.rglob("*"))  # noqa: E731
+    before = listing()
+    opened = []
+    real_open, real_os_open = builtins.open, os.open
+
+    def spy_open(file, mode="r", *a, **k):
+        opened.append((str(file), mode))
+        return real_open(file, mode, *a, **k)
+
+    def spy_os_open(path, flags, *a, **k):
+        opened.append((str(path), flags))
+        return real_os_open(path, flags, *a, **k)
+
+    def written() -> int:
+        with real_open("/proc/self/io") as f:
+            return int(next(ln for ln in f if ln.startswith("write_bytes:")).split()[1])
+
+    with Model(f"{url}/unet", provider="prefetch") as m:
+        w0 = written()
+        monkeypatch.setattr(builtins, "open", spy_open)
+        monkeypatch.setattr(os, "open", spy_os_open)
+        out = m.run(unet_feeds())
+        out2 = m.run(unet_feeds())
+        monkeypatch.undo()
+        assert written() == w0
+    # the engine reads /proc/self/statm for its memory accounting; nothing else is opened
+    assert [o for o in opened if not o[0].startswith("/proc/self/")] == []
+    assert all(o[1] in ("r", "rb", os.O_RDONLY) for o in opened), opened[:5]
+    assert_same(out, disk_unet)
+    assert_same(out2, disk_unet)
+    assert listing() == before
+    # the provider itself opens no file at all, from construction to close
+    opened.clear()
+    monkeypatch.setattr(builtins, "open", spy_open)
+    monkeypatch.setattr(os, "open", spy_os_open)
+    with Http(f"{url}/unet") as h:
+        for name in list(h.index.entries)[:10]:
+            h.get(name)
+        h.fetch_text(f"{url}/unet/graph.txt")
+    monkeypatch.undo()
+    assert opened == []
+
+
+def test_sd_pipeline_over_http_is_bitwise_disk(served, tmp_path_factory):
+    from onnxstream_py.sd import pipeline as pl
+    from onnxstream_py.sd.cli import DEMO_EXPORT
+    from onnxstream_py.sd.convert import convert_sd
+    from onnxstream_py.sd.tokenizer import CLIPTokenizer
+    root, url = served
+    if not (root / "sd").exists():
+        convert_sd(DEMO_EXPORT, str(root / "sd"), log=lambda m: None)
+    params = pl.GenerationParams(prompt="a red fox in the snow", negative_prompt="ugly", steps=3, seed=7,
+                                 width=64, height=48)
+
+    def latents_and_image(path):
+        sd = pl.StableDiffusion(path, progress=False)
+        # the tokenizer reads its files from a local folder (sd/tokenizer.py takes no URL yet)
+        sd._tokenizer = CLIPTokenizer(str(root / "sd" / sd.manifest["tokenizer"]))
+        cond, uncond = sd.encode_prompts(params.prompt, params.negative_prompt)
+        z = sd.denoise(cond, uncond, params)
+        return z, sd.decode(z)
+
+    z_disk, img_disk = latents_and_image(str(root / "sd"))
+    z_http, img_http = latents_and_image(f"{url}/sd")
+    assert z_http.tobytes() == z_disk.tobytes()
+    assert img_http.tobytes() == img_disk.tobytes()
+
+
+# --- CLI and the SD pipeline -------------------------------------------------------------------
+
+def test_cli_run_accepts_a_url(served, tmp_path):
+    root, url = served
+    np.save(tmp_path / "x.npy", CONV_FEEDS["x"])
+    r = subprocess.run([sys.executable, "-m", "onnxstream_py.cli", "run", f"{url}/conv", "--input",
+                        f"x={tmp_path / 'x.npy'}", "--output-dir", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    want = run_model(str(root / "conv"), "nocache", CONV_FEEDS)[0]["y"]
+    assert np.load(tmp_path / "out" / "y.npy").tobytes() == want.tobytes()

@@ -1,0 +1,670 @@
+"""Http: run a converted model straight from a web server, nothing written to disk.
+
+A converted model directory (graph.txt + weights.bin) served by any static HTTP(S) server
+that honours Range requests (nginx, a CDN, a model hub). ``Http(base_url)`` reads the
+self-describing index at the start of weights.bin with one small Range request, then
+fetches tensors with Range requests as the engine asks for them, read ahead in plan order
+within ``budget_bytes`` on a background thread (readahead.ReadAhead, shared with
+DiskPrefetch). Small tensors that sit next to each other in the file (the converter writes
+them in first-use order) are fetched in one request of at most ``merge_bytes``.
+
+Trade-offs and rules:
+  * Memory: what DiskPrefetch holds (the read-ahead budget), plus one merged span. A
+    downloaded tensor is anonymous memory, not page cache: it is freed when the engine
+    drops it, so nothing accumulates and nothing touches the disk.
+  * Integrity: every tensor's CRC-32 is checked on every fetch (the network is not the
+    page cache; ``verify="never"`` turns it off). A mismatch is a retry, never an output.
+    The text parts (the index, graph.txt) have no checksum, so they are fetched twice
+    and must agree byte for byte (``fetch_text``): a corrupting path cannot slip a wrong
+    offset or attribute past us; this costs one extra small request per file.
+  * Faults: connection errors, timeouts, 5xx, 429 and short bodies are retried with
+    exponential backoff and full jitter (sleep uniform(0, min(max_backoff, backoff*2^k))),
+    a Retry-After is honoured up to ``retry_after_cap`` seconds; a short body resumes with
+    a Range for the missing bytes only. Other 4xx (404, 401, 403, 416) are not retried.
+    After ``retries`` failed attempts, or past ``deadline`` seconds for one request, one
+    WeightsError names the URL, the tensor and the last cause.
+  * Timeouts everywhere: ``timeout`` bounds connecting and every socket read, ``deadline``
+    the whole of one tensor (or merged span) including retries and backoff sleeps; a
+    server that trickles bytes is cut off at the deadline. So a dead server is an error
+    after at most ``deadline`` seconds, never a hang.
+  * A server that ignores Range (200 with the whole file) is detected: the bytes before
+    the wanted range are read and discarded in 1 MiB pieces, the wanted bytes read, and the
+    connection closed (never buffering the body). Correct but slow (each tensor re-reads
+    the file from its start); ``range_ignored`` tells.
+  * Connections: ``connections`` keep-alive http.client connections (the read-ahead thread
+    and the engine thread each use one), HTTPS through ssl's default context (certificate
+    and host name verified). ``token_env="HF_TOKEN"`` sends ``Authorization: Bearer $HF_TOKEN``
+    when that variable is set. Redirects are followed for the first requests of a file
+    (a hub answering 302 to a CDN); the token is sent only to the original host.
+
+Depends on the standard library and numpy only.
+"""
+from __future__ import annotations
+
+import email.utils
+import http.client
+import os
+import random
+import socket
+import ssl
+import threading
+import time
+import zlib
+from typing import Sequence
+from urllib.parse import urljoin, urlsplit
+
+import numpy as np
+
+from .base import WeightsProvider
+from .format import ALIGN, WEIGHTS_FILE, TensorEntry, WeightsError, WeightsIndex, align_up, decode_tensor
+from .readahead import ReadAhead
+from .tensorfile import verify_mode
+
+MiB = 1 << 20
+PIECE = MiB                 # bytes per socket read: the deadline is checked between pieces
+HEAD_GUESS = ALIGN * 64     # first range of weights.bin: most indexes fit; grown when not
+MAX_TEXT_BYTES = 1 << 30    # graph.txt larger than this is refused (a wrong URL, not a graph)
+MAX_REDIRECTS = 5
+
+
+def is_url(path) -> bool:
+    """Whether ``path`` is an http:// or https:// URL (a model path may be one)."""
+    return isinstance(path, str) and path[:8].lower().startswith(("http://", "https://"))
+
+
+def join_url(base: str, name: str) -> str:
+    """``base`` (a model directory URL, with or without a trailing slash) + ``/name``."""
+    return base.rstrip("/") + "/" + name
+
+
+class _Retry(Exception):
+    """A transient failure: worth another attempt (``retry_after`` seconds if the server said)."""
+
+    def __init__(self, cause: str, retry_after: float | None = None):
+        super().__init__(cause)
+        self.retry_after = retry_after
+
+
+class _Fatal(Exception):
+    """A failure another attempt will not fix (404, 403, 416, a malformed answer)."""
+
+
+class _Redirect(Exception):
+    """The server moved the file: ask ``url`` instead."""
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        self.url = url
+
+
+class _Client:
+    """Keep-alive connections to one server with retried, deadline-bounded GETs.
+
+    Thread-safe: at most ``connections`` requests run at once (a semaphore); idle
+    connections are reused, a connection whose response was not read to its end is closed.
+    """
+
+    def __init__(self, connections: int = 2, timeout: float = 10.0, retries: int = 6,
+                 deadline: float = 300.0, backoff: float = 0.25, max_backoff: float = 8.0,
+                 retry_after_cap: float = 30.0, token_env: str | None = None, seed: int | None = None):
+        if connections < 1:
+            raise ValueError(f"Http: connections must be >= 1, got {connections}")
+        if timeout <= 0 or deadline <= 0:
+            raise ValueError(f"Http: timeout and deadline must be > 0 seconds, got {timeout}, {deadline}")
+        if retries < 0:
+            raise ValueError(f"Http: retries must be >= 0, got {retries}")
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.deadline = float(deadline)
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
+        self.retry_after_cap = float(retry_after_cap)
+        self._token = os.environ.get(token_env) if token_env else None
+        self._token_host: str | None = None   # the token goes to the first host only
+        self._sem = threading.BoundedSemaphore(connections)
+        self._lock = threading.Lock()
+        self._idle: dict[tuple, list[http.client.HTTPConnection]] = {}
+        self._ssl: ssl.SSLContext | None = None
+        self._rng = random.Random(seed)
+        self._closed = False
+        # statistics (tests, benchmarks)
+        self.requests = 0
+        self.failures: dict[str, int] = {}
+        self.bytes_received = 0
+        self.range_ignored = False
+
+    # --- connections ---------------------------------------------------------------------
+
+    def _key(self, url: str) -> tuple:
+        u = urlsplit(url)
+        scheme = u.scheme.lower()
+        if scheme not in ("http", "https") or not u.hostname:
+            raise _Fatal(f"not an http(s) URL: {url!r}")
+        return scheme, u.hostname, u.port or (443 if scheme == "https" else 80)
+
+    def _connect(self, key: tuple, timeout: float) -> http.client.HTTPConnection:
+        scheme, host, port = key
+        with self._lock:
+            idle = self._idle.get(key)
+            if idle:
+                return idle.pop()
+        if scheme == "https":
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            return http.client.HTTPSConnection(host, port, timeout=timeout, context=self._ssl)
+        return http.client.HTTPConnection(host, port, timeout=timeout)
+
+    def _keep(self, key: tuple, conn) -> None:
+        with self._lock:
+            if not self._closed:
+                self._idle.setdefault(key, []).append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for c in conns:
+                c.close()
+
+    # --- one attempt -----------------------------------------------------------------------
+
+    def _headers(self, url: str, first: int | None, last: int | None) -> dict:
+        h = {"Accept-Encoding": "identity", "User-Agent": "onnxstream_py"}
+        if first is not None:
+            h["Range"] = f"bytes={first}-{last}"
+        host = urlsplit(url).hostname
+        if self._token and (self._token_host is None or host == self._token_host):
+            self._token_host = host
+            h["Authorization"] = f"Bearer {self._token}"
+        return h
+
+    def _attempt(self, url: str, first: int, dest: memoryview | None, t_end: float,
+                 redirects: list) -> tuple[int, bytes | None]:
+        """One GET. With ``dest``: bytes [first, first+len(dest)) into dest, returns how many
+        arrived (fewer on a short body). Without: the whole body (graph.txt), returns (n, body)."""
+        key = self._key(url)
+        remaining = t_end - time.monotonic()
+        if remaining <= 0:
+            raise _Retry("deadline reached")
+        if not self._sem.acquire(timeout=remaining):
+            raise _Retry("no free connection before the deadline")
+        conn = None
+        reusable = False
+        try:
+            conn = self._connect(key, min(self.timeout, remaining))
+            conn.timeout = min(self.timeout, remaining)
+            if conn.sock is not None:
+                conn.sock.settimeout(conn.timeout)
+            u = urlsplit(url)
+            target = (u.path or "/") + (f"?{u.query}" if u.query else "")
+            want = None if dest is None else len(dest)
+            headers = self._headers(url, None if dest is None else first,
+                                    None if dest is None else first + want - 1)
+            with self._lock:
+                self.requests += 1
+            try:
+                conn.request("GET", target, headers=headers)
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException) as e:
+                raise _Retry(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from None
+            status = resp.status
+            if status in (301, 302, 303, 307, 308):
+                loc = resp.getheader("Location")
+                reusable = _drain_small(resp) and not resp.will_close
+                if not loc or len(redirects) >= MAX_REDIRECTS:
+                    raise _Fatal(f"HTTP {status}: redirect without a Location, or more than "
+                                 f"{MAX_REDIRECTS} redirects")
+                redirects.append(urljoin(url, loc))
+                raise _Redirect(redirects[-1])
+            if status == 429 or status >= 500:
+                retry_after = _retry_after(resp.getheader("Retry-After"))
+                reusable = _drain_small(resp) and not resp.will_close
+                raise _Retry(f"HTTP {status} {resp.reason}".strip(), retry_after)
+            if dest is None:
+                if status != 200:
+                    _drain_small(resp)
+                    raise _Fatal(f"HTTP {status} {resp.reason}".strip())
+                length = resp.getheader("Content-Length")
+                if length is not None and int(length) > MAX_TEXT_BYTES:
+                    raise _Fatal(f"body of {length} bytes is too large for a text file")
+                body = self._read_body(resp, t_end)
+                reusable = not resp.will_close
+                return len(body), body
+            if status == 206:
+                start, total = _content_range(resp.getheader("Content-Range"))
+                if start != first:
+                    raise _Retry(f"Content-Range starts at {start}, asked for {first}")
+                if total is not None:
+                    self.file_size = total
+                got = self._read_into(resp, dest, t_end)
+                reusable = got == want and not resp.will_close and resp.isclosed()
+                return got, None
+            if status == 200:
+                # Range ignored: the whole file follows. Skip to ``first``, read what we want,
+                # close the connection (never read or buffer the rest of the body).
+                self.range_ignored = True
+                length = resp.getheader("Content-Length")
+                if length is not None:
+                    self.file_size = int(length)
+                if not self._skip(resp, first, t_end):
+                    raise _Retry(f"body ended before byte {first} (server ignores Range)")
+                return self._read_into(resp, dest, t_end), None
+            _drain_small(resp)
+            raise _Fatal(f"HTTP {status} {resp.reason}".strip())
+        except (socket.timeout, TimeoutError) as e:
+            raise _Retry(f"timed out ({e})" if str(e) else "timed out") from None
+        except (OSError, http.client.HTTPException) as e:
+            raise _Retry(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from None
+        finally:
+            if conn is not None:
+                if reusable:
+                    self._keep(key, conn)
+                else:
+                    conn.close()
+            self._sem.release()
+
+    def _read_into(self, resp, dest: memoryview, t_end: float) -> int:
+        """Fill ``dest`` from the body in PIECE reads; stop early (short body) at EOF or on a
+        dropped connection, returning the bytes that did arrive; raise at the deadline."""
+        got = 0
+        n = len(dest)
+        try:
+            while got < n:
+                if time.monotonic() > t_end:
+                    raise _Retry(f"deadline reached after {got} of {n} bytes")
+                k = resp.readinto(dest[got:min(n, got + PIECE)])
+                if not k:
+                    break
+                got += k
+        except http.client.IncompleteRead:
+            pass
+        except (OSError, http.client.HTTPException) as e:
+            if got == 0:
+                raise
+            # bytes that arrived are kept: the caller resumes from there
+        with self._lock:
+            self.bytes_received += got
+        return got
+
+    def _skip(self, resp, count: int, t_end: float) -> bool:
+        scratch = memoryview(bytearray(min(PIECE, max(count, 1))))
+        while count > 0:
+            if time.monotonic() > t_end:
+                raise _Retry("deadline reached skipping to the range (server ignores Range)")
+            k = resp.readinto(scratch[:min(count, len(scratch))])
+            if not k:
+                return False
+            count -= k
+        return True
+
+    def _read_body(self, resp, t_end: float) -> bytes:
+        parts, total = [], 0
+        while True:
+            if time.monotonic() > t_end:
+                raise _Retry("deadline reached reading the body")
+            chunk = resp.read(PIECE)
+            if not chunk:
+                break
+            parts.append(chunk)
+            total += len(chunk)
+            if total > MAX_TEXT_BYTES:
+                raise _Fatal("body too large for a text file")
+        length = resp.getheader("Content-Length")
+        if length is not None and total != int(length):
+            raise _Retry(f"short body ({total} of {length} bytes)")
+        return b"".join(parts)
+
+    # --- retried operations -----------------------------------------------------------------
+
+    def _sleep_before_retry(self, attempt: int, err: _Retry, t_end: float) -> None:
+        if err.retry_after is not None:
+            delay = min(err.retry_after, self.retry_after_cap)
+        else:  # full jitter
+            delay = self._rng.uniform(0.0, min(self.max_backoff, self.backoff * 2 ** attempt))
+        if time.monotonic() + delay > t_end:
+            raise _Retry(f"deadline of {self.deadline:g} s would pass while backing off after: {err}")
+        time.sleep(delay)
+
+    def _note(self, cause: str) -> None:
+        kind = cause.split(" (")[0].split(":")[0][:40]
+        with self._lock:
+            self.failures[kind] = self.failures.get(kind, 0) + 1
+
+    def fetch_range(self, url: str, first: int, dest: memoryview, what: str,
+                    t_end: float | None = None, check=None) -> str:
+        """Fill ``dest`` with bytes [first, first + len(dest)) of ``url``, retrying.
+
+        ``check()`` (optional) validates the filled buffer and returns an error text or None;
+        an error is a retry of the whole range. Returns the URL the bytes came from (after
+        redirects). Raises WeightsError naming ``url``, ``what`` and the cause at the end.
+        """
+        t_end = time.monotonic() + self.deadline if t_end is None else t_end
+        got, attempt, n = 0, 0, len(dest)
+        redirects: list[str] = []
+        while True:
+            try:
+                k, _ = self._attempt(url, first + got, dest[got:], t_end, redirects)
+                got += k
+                if got < n:
+                    raise _Retry(f"short body ({got} of {n} bytes)")
+                bad = check() if check is not None else None
+                if bad is None:
+                    return url
+                got = 0
+                raise _Retry(bad)
+            except _Redirect as r:
+                url = r.url
+                continue
+            except _Fatal as e:
+                raise WeightsError(f"{url}: {what}: {e}") from None
+            except _Retry as e:
+                self._note(str(e))
+                if attempt >= self.retries:
+                    raise WeightsError(f"{url}: {what}: gave up after {attempt + 1} attempts; "
+                                       f"last cause: {e}") from None
+                try:
+                    self._sleep_before_retry(attempt, e, t_end)
+                except _Retry as late:
+                    raise WeightsError(f"{url}: {what}: {late}") from None
+                attempt += 1
+
+    def fetch_text(self, url: str, what: str) -> bytes:
+        """The whole body of ``url`` (a small file), fetched twice until two copies agree."""
+        t_end = time.monotonic() + self.deadline
+        attempt, previous = 0, None
+        redirects: list[str] = []
+        while True:
+            try:
+                n, body = self._attempt(url, 0, None, t_end, redirects)
+                if previous is not None and body == previous:
+                    return body
+                if previous is not None:
+                    previous = body
+                    raise _Retry("two downloads differ (corrupted in transit or changing)")
+                previous = body
+                continue
+            except _Redirect as r:
+                url = r.url
+                continue
+            except _Fatal as e:
+                raise WeightsError(f"{url}: {what}: {e}") from None
+            except _Retry as e:
+                self._note(str(e))
+                if attempt >= self.retries:
+                    raise WeightsError(f"{url}: {what}: gave up after {attempt + 1} attempts; "
+                                       f"last cause: {e}") from None
+                try:
+                    self._sleep_before_retry(attempt, e, t_end)
+                except _Retry as late:
+                    raise WeightsError(f"{url}: {what}: {late}") from None
+                attempt += 1
+
+    file_size: int | None = None
+
+
+def _drain_small(resp, limit: int = 64 * 1024) -> bool:
+    """Read an error body if it is small; True when it was read whole (the connection may
+    then be reused), False when it was left (the caller closes the connection)."""
+    try:
+        length = resp.getheader("Content-Length")
+        if length is not None and int(length) <= limit:
+            resp.read()
+            return resp.isclosed()
+    except (OSError, ValueError, http.client.HTTPException):
+        pass
+    return False
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _content_range(value: str | None) -> tuple[int, int | None]:
+    """(first byte, total size or None) of a ``Content-Range: bytes a-b/total`` header."""
+    try:
+        unit, _, rest = value.strip().partition(" ")
+        span, _, total = rest.partition("/")
+        if unit != "bytes":
+            raise ValueError(unit)
+        return int(span.split("-")[0]), (None if total.strip() == "*" else int(total))
+    except (AttributeError, ValueError) as e:
+        raise _Retry(f"malformed Content-Range {value!r}") from None
+
+
+def fetch_text(url: str, *, timeout: float = 10.0, retries: int = 6, deadline: float = 300.0,
+               token_env: str | None = None, what: str | None = None) -> str:
+    """A small text file (graph.txt, a JSON config) from ``url``, as str; WeightsError on failure.
+    Fetched twice and compared, since text has no checksum (see the module doc)."""
+    client = _Client(1, timeout, retries, deadline, token_env=token_env)
+    try:
+        body = client.fetch_text(url, what or os.path.basename(urlsplit(url).path) or url)
+    finally:
+        client.close()
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise WeightsError(f"{url}: not UTF-8 text ({e})") from None
+
+
+class Http(WeightsProvider):
+    """Serves the tensors of ``base_url``/weights.bin over HTTP(S) Range requests.
+
+    ``base_url``: the model directory's URL (or the weights file's URL, ending in ``.bin``).
+    ``budget_bytes``: read-ahead budget (0: fetch each tensor when asked, the least memory).
+    ``connections``: keep-alive connections (2: the read-ahead thread and the engine's).
+    ``timeout``: seconds for connecting and for each socket read.
+    ``retries``: failed attempts retried per request before giving up.
+    ``deadline``: seconds one tensor (or merged span) may take in all, retries included.
+    ``merge_bytes``: adjacent tensors are fetched together while the span stays this small.
+    ``token_env``: name of an environment variable holding a bearer token (e.g. "HF_TOKEN").
+    ``verify``: "always" (default; "first" means the same here) or "never".
+    """
+
+    def __init__(self, base_url: str, budget_bytes: int = 32 * MiB, connections: int = 2,
+                 timeout: float = 10.0, retries: int = 6, token_env: str | None = None, *,
+                 deadline: float = 300.0, merge_bytes: int = MiB, backoff: float = 0.25,
+                 max_backoff: float = 8.0, retry_after_cap: float = 30.0, verify="always",
+                 seed: int | None = None):
+        if not is_url(base_url):
+            raise ValueError(f"Http: {base_url!r} is not an http:// or https:// URL")
+        self.base_url = base_url
+        self.url = base_url if base_url.lower().endswith(".bin") else join_url(base_url, WEIGHTS_FILE)
+        self.verify = verify_mode(verify) != "never"
+        self.merge_bytes = int(merge_bytes)
+        self._client = _Client(connections, timeout, retries, deadline, backoff, max_backoff,
+                               retry_after_cap, token_env, seed)
+        self._lock = threading.Lock()
+        self._stash: dict[str, np.ndarray] = {}     # merged neighbours, fetched but not yet asked for
+        self._planned: set[str] = set()
+        self._skip: set[str] = set()
+        try:
+            self.index = self._read_index()
+        except BaseException:
+            self._client.close()
+            raise
+        self._by_offset = sorted(self.index.entries.values(), key=lambda e: e.offset)
+        self._rank = {e.name: i for i, e in enumerate(self._by_offset)}
+        self.readahead = ReadAhead(self._fetch, budget_bytes, thread_name="onnxstream-http-readahead")
+
+    # --- index -----------------------------------------------------------------------------
+
+    def _read_index(self) -> WeightsIndex:
+        c = self._client
+
+        def head(n: int) -> bytes:
+            # Downloads until two agree (the index has no checksum of its own).
+            n = min(n, c.file_size) if c.file_size else n
+            copies: list[bytes] = []
+            while len(copies) < 2 + c.retries:
+                buf = bytearray(n)
+                self.url = c.fetch_range(self.url, 0, memoryview(buf), "weights index")
+                copies.append(bytes(buf))
+                if len(copies) >= 2 and copies[-1] == copies[-2]:
+                    return copies[-1]
+            raise WeightsError(f"{self.url}: weights index: downloads keep differing "
+                               f"(corrupted in transit?)")
+
+        # The first small range reveals the file size (Content-Range total), so later ranges
+        # never reach past the end.
+        probe = bytearray(ALIGN)
+        self.url = c.fetch_range(self.url, 0, memoryview(probe), "weights index")
+        first = head(HEAD_GUESS)
+        index = WeightsIndex.parse(first, self.url, lambda n: head(n), c.file_size)
+        size = c.file_size
+        if size is not None:
+            for e in index.entries.values():
+                if e.offset + e.nbytes > size:
+                    raise WeightsError(f"{self.url}: weights file is truncated: tensor {e.name!r} needs "
+                                       f"bytes {e.offset}..{e.offset + e.nbytes}, the server has {size}")
+        return index
+
+    # --- fetching ----------------------------------------------------------------------------
+
+    def _span(self, entry: TensorEntry) -> list[TensorEntry]:
+        """``entry`` and the planned tensors right after it in the file, up to merge_bytes."""
+        span = [entry]
+        if entry.nbytes >= self.merge_bytes:
+            return span
+        i = self._rank[entry.name] + 1
+        end = entry.offset + entry.nbytes
+        while i < len(self._by_offset):
+            nxt = self._by_offset[i]
+            if (nxt.offset - end >= ALIGN or nxt.offset + nxt.nbytes - entry.offset > self.merge_bytes
+                    or nxt.name not in self._planned or nxt.name in self._skip or nxt.name in self._stash):
+                break
+            span.append(nxt)
+            end = nxt.offset + nxt.nbytes
+            i += 1
+        return span
+
+    def _fetch(self, entry: TensorEntry) -> np.ndarray:
+        with self._lock:
+            arr = self._stash.pop(entry.name, None)
+            if arr is not None:
+                return arr
+            span = self._span(entry)
+        first, last = span[0].offset, span[-1].offset + span[-1].nbytes
+        raw = _aligned_empty(last - first)
+        view = memoryview(raw)
+        label = f"tensor {entry.name!r}" + (f" (with {len(span) - 1} adjacent)" if len(span) > 1 else "") + \
+                f", bytes {first}..{last}"
+
+        def check():
+            if not self.verify:
+                return None
+            for e in span:
+                crc = zlib.crc32(view[e.offset - first:e.offset - first + e.nbytes])
+                if crc != e.crc32:
+                    return (f"checksum mismatch in tensor {e.name!r} (crc32 {crc:08x}, index says "
+                            f"{e.crc32:08x})")
+            return None
+
+        if last > first:
+            self._client.fetch_range(self.url, first, view, label, check=check)
+        out = None
+        extra = {}
+        for e in span:
+            a = decode_tensor(e, view[e.offset - first:e.offset - first + e.nbytes], self.url, verify=False)
+            if e is entry:
+                out = a
+            else:
+                extra[e.name] = a
+        if extra:
+            with self._lock:
+                # bounded: stale neighbours (never asked for) beyond two spans are dropped
+                while self._stash and sum(a.nbytes for a in self._stash.values()) + (last - first) > 2 * self.merge_bytes:
+                    self._stash.pop(next(iter(self._stash)))
+                self._stash.update(extra)
+        return out
+
+    def fetch_text(self, url: str) -> str:
+        """A small text file (graph.txt beside the weights) through this provider's
+        connections, timeouts and token; fetched twice and compared like the index."""
+        body = self._client.fetch_text(url, os.path.basename(urlsplit(url).path) or url)
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise WeightsError(f"{url}: not UTF-8 text ({e})") from None
+
+    # --- WeightsProvider ---------------------------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        return self.url
+
+    @property
+    def budget_bytes(self) -> int:
+        return self.readahead.budget_bytes
+
+    @property
+    def stats(self) -> dict:
+        """Requests sent, bytes received, failures by cause, whether Range was ignored."""
+        c = self._client
+        return {"requests": c.requests, "bytes_received": c.bytes_received,
+                "failures": dict(c.failures), "range_ignored": c.range_ignored}
+
+    def plan(self, order: Sequence[str]) -> None:
+        unknown = [n for n in dict.fromkeys(order) if n not in self.index]
+        if unknown:
+            raise WeightsError(f"plan names {len(unknown)} tensor(s) not in weights file "
+                               f"{self.url}: {unknown[:5]}")
+        with self._lock:
+            self._planned = set(order)
+            self._stash.clear()
+        self.readahead.plan([self.index[n] for n in order])
+
+    def restart(self) -> None:
+        with self._lock:
+            self._stash.clear()
+        self.readahead.restart()
+
+    def get(self, name: str) -> np.ndarray:
+        return self.readahead.take(self.index[name])
+
+    def get_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        # The whole tensor is fetched (its checksum covers all of it), then indexed.
+        entry = self.index[name]
+        with self._lock:
+            self._skip.add(name)
+        self.readahead.exclude(name)
+        found, table = self.readahead.claim(name)
+        if not found:
+            table = self._fetch(entry)
+        return np.take(table, np.asarray(rows, dtype=np.int64), axis=0)
+
+    def close(self) -> None:
+        ra = getattr(self, "readahead", None)
+        if ra is not None:
+            ra.close()
+        with self._lock:
+            self._stash.clear()
+        self._client.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"Http({self.url!r}, {len(self.index)} tensors, budget {self.budget_bytes} bytes)"
+
+
+def _aligned_empty(n: int) -> np.ndarray:
+    """``n`` uninitialised bytes at a 64-byte aligned address (the file's tensor alignment,
+    kept for every tensor of a merged span)."""
+    buf = np.empty(n + ALIGN, dtype=np.uint8)
+    skip = (-buf.ctypes.data) % ALIGN
+    return buf[skip:skip + n]
