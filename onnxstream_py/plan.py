@@ -988,7 +988,16 @@ def plan_activation_storage(graph: Graph, steps: list[Step], min_gap: int = FP16
 def build_plan(graph: Graph, options: RunOptions) -> Plan:
     if options.backend == "native":
         ops.load_native()
-    nodes, n_group_norm = fuse_group_norm(graph, list(graph.nodes))
+    nodes = list(graph.nodes)
+    # 8-bit weights become float weights before the fusions look for weights (a w8a32 UNet's
+    # GEGLU projection then fuses too), unless the int8 fusion (fuse_qdq) wants their
+    # DequantizeLinear nodes: then after it, for the weights it left.
+    int8_fusion = (options.backend == "native" and options.precision in ("auto", "w8a8")
+                   and any(n.op_type == "QuantizeLinear" and n.domain == "" for n in nodes))
+    dequant: dict = {}
+    if not int8_fusion:
+        graph, nodes, dequant = plan_weight_dequant(graph, nodes)   # from here on graph declares them
+    nodes, n_group_norm = fuse_group_norm(graph, nodes)
     nodes, n_layer_norm = fuse_layer_norm(graph, nodes)
     nodes, n_gelu, n_gelu_mul = fuse_gelu(graph, nodes)
     nodes, n_geglu = fuse_geglu_linear(graph, nodes)
@@ -998,7 +1007,8 @@ def build_plan(graph: Graph, options: RunOptions) -> Plan:
     n_qdq: dict[str, int] = {}
     if options.backend == "native" and getattr(options, "precision", "auto") in ("auto", "w8a8"):
         nodes, n_qdq = fuse_qdq(graph, nodes)
-    graph, nodes, dequant = plan_weight_dequant(graph, nodes)   # from here on graph declares them
+    if int8_fusion:
+        graph, nodes, dequant = plan_weight_dequant(graph, nodes)
     missing: dict[str, list[str]] = {}
     steps: list[Step] = []
     for node in nodes:
