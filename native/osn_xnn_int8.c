@@ -307,3 +307,23 @@ int osn_qgroup_norm_act(osn_pool* pool, int8_t* y, const int8_t* x, const float*
                                OSN_PARALLEL_FLAGS);
     return t.status;
 }
+
+/* ---------------------------------------------------------------- int8 -> int8 lookup */
+
+struct lut_ctx {
+    int8_t* y;
+    const int8_t* x;
+    const int8_t* lut;
+};
+
+static void lut_task(void* arg, size_t i0, size_t n) {
+    const struct lut_ctx* t = arg;
+    for (size_t i = i0; i < i0 + n; i++) t->y[i] = t->lut[(uint8_t)t->x[i]];
+}
+
+int osn_lut_i8(osn_pool* pool, int8_t* y, const int8_t* x, const int8_t* lut, size_t count) {
+    if (y == NULL || x == NULL || lut == NULL) return OSN_E_INVALID_ARGUMENT;
+    struct lut_ctx t = {y, x, lut};
+    pthreadpool_parallelize_1d_tile_1d(osn_pool_handle(pool), lut_task, &t, count, 1 << 16, OSN_PARALLEL_FLAGS);
+    return 0;
+}

@@ -116,6 +116,14 @@ int osn_qaffine_act_nhwc(
     const float* b,         /* [c] */
     size_t pixels, size_t c, int silu,
     int8_t x_zero_point, int8_t y_zero_point, float y_scale);
+/* y[i] = lut[(uint8_t)x[i]]: any function of one int8 tensor with a per-tensor scale (a unary
+ * op, or a binary op with a scalar constant, then requantized) is a 256-entry table. */
+int osn_lut_i8(
+    osn_pool* pool,         /* the model's thread pool (NULL: calling thread only) */
+    int8_t* y,              /* [count] (may be x) */
+    const int8_t* x,        /* [count] */
+    const int8_t* lut,      /* [256], indexed by the byte of x (x & 0xff) */
+    size_t count);
 /* CDEF END */
 
 #endif

@@ -1292,3 +1292,19 @@ def qaffine_act_nhwc(x: np.ndarray, a: np.ndarray, b: np.ndarray, x_q: tuple, y_
     _check(lib.osn_qaffine_act_nhwc(_pool_ptr(pool), out_ptr(out, "int8_t *"), ptr(x, "int8_t *"), ptr(a, "float *"),
                                     ptr(b, "float *"), x.size // c, c, int(bool(silu)), xz, yz, ys), what)
     return out
+
+
+def lut_i8(x: np.ndarray, lut: np.ndarray, out: np.ndarray | None = None, *,
+           pool: ThreadPool | None = None) -> np.ndarray:
+    """out = lut[x] for a C-contiguous int8 x and an int8 table of 256 entries indexed by x's
+    byte (lut[v & 0xff] is the image of v). ``out`` may be x."""
+    what = f"LUT int8 {getattr(x, 'shape', '?')}"
+    _need(what, x, "X", (np.int8,))
+    _need(what, lut, "lut", (np.int8,))
+    if lut.shape != (256,):
+        raise ValueError(f"{what}: lut must have shape (256,), got {lut.shape}")
+    out = _out_like(what, out, x.shape, _I8, x, may_alias=True)
+    if x.size:
+        _check(lib.osn_lut_i8(_pool_ptr(pool), out_ptr(out, "int8_t *"), ptr(x, "int8_t *"), ptr(lut, "int8_t *"),
+                              x.size), what)
+    return out

@@ -549,3 +549,42 @@ def test_fused_quantize_equals_quantize_linear(zp):
     x[:10] = np.float32([0.05, 0.15, 0.25, -0.05, -0.15, np.nan, np.inf, -np.inf, 1e30, -1e30])
     want = quant.quantize(x, np.float32(0.1), np.int8(zp), out_dtype=np.int8)
     np.testing.assert_array_equal(qfused.quantize(x, np.float32(0.1), zp), want)
+
+
+@pytest.mark.parametrize("kind", ["div_const", "sigmoid", "silu", "mul_const_nhwc"])
+def test_lookup_table_ops_match_twin(ctx, kind, monkeypatch):
+    """An op of one int8 tensor (and scalar constants) runs as a 256-entry table (native.lut_i8):
+    equal to the numpy QDQ op (measured: identical), in the input's layout."""
+    from onnxstream_py.ops import native_int8
+    x = _rand_i8((2, 19, 13, 7), 13)
+    if kind == "mul_const_nhwc":
+        xn = nhwc_empty(x.shape, np.int8)
+        xn[...] = x
+        x = xn
+    op_type, domain, extra = {"div_const": ("Div", "", [np.array([1.5], np.float32)]),
+                              "sigmoid": ("Sigmoid", "", []),
+                              "silu": ("Silu", "onnxstream", []),
+                              "mul_const_nhwc": ("Mul", "", [np.array(0.7, np.float32)])}[kind]
+    inputs = [x, np.float32(0.05), np.int8(-3)] + extra + [np.float32(0.02), np.int8(5)]
+    attrs = dict(op_type=op_type, op_domain=domain, op_opset=17 if not domain else 1, qin=[1] + [0] * len(extra),
+                 qout=1, op_attrs={})
+    real, calls = native.lut_i8, []
+
+    def spy(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(native, "lut_i8", spy)
+    got = native_int8.QDQ(*inputs, **attrs, _ctx=ctx)
+    want = qfused.QDQ(*inputs, **attrs)
+    assert calls == [1]
+    np.testing.assert_array_equal(got, want)
+    if kind == "mul_const_nhwc":
+        assert got.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+def test_lut_rejects_bad_table(ctx):
+    with pytest.raises(ValueError, match="256"):
+        native.lut_i8(np.zeros(4, np.int8), np.zeros(255, np.int8))
+    with pytest.raises(ValueError, match="int8"):
+        native.lut_i8(np.zeros(4, np.float32), np.zeros(256, np.int8))

@@ -416,6 +416,32 @@ def _qresize_nearest(fn, vals, qps, y_q, op_type, opset, attrs):
     return np.take(np.ascontiguousarray(xr).reshape(n * c, h * w), idx, axis=1).reshape(n, c, oh, ow)
 
 
+def _qlut(fn, op_type, op_domain, vals, qps, y_q, pool):
+    """An elementwise op of one int8 tensor (the other inputs scalar constants) as a 256-entry
+    table: the op itself on the 256 dequantized values, quantized, then one lookup per element
+    in x's layout. None when that is not the case."""
+    if op_type not in qfused.ELEMENTWISE_OPS or (op_domain and op_type not in ("Silu", "Gelu")):
+        return None
+    x = vals[0]
+    if not (isinstance(x, np.ndarray) and x.dtype == _I8 and x.size and qps[0] is not None):
+        return None
+    others = vals[1:]
+    if any(q is not None for q in qps[1:]) or not all(isinstance(v, np.ndarray) and v.size == 1 for v in others):
+        return None
+    if any(v.ndim > x.ndim for v in others) or not (x.flags.c_contiguous or is_nhwc(x)):
+        return None
+    probe = np.arange(256, dtype=np.uint8).view(_I8).reshape((1,) * (x.ndim - 1) + (256,))
+    y = fn(qfused.dequantize(probe, *qps[0]), *others)
+    if not isinstance(y, np.ndarray) or y.size != 256 or y.dtype != _F32:
+        return None
+    lut = np.ascontiguousarray(qfused.quantize(y, *y_q).reshape(-1))
+    if x.flags.c_contiguous:
+        return native.lut_i8(x, lut, pool=pool)
+    out = nhwc_empty(x.shape, _I8)
+    native.lut_i8(nhwc_buffer(x), lut, out=nhwc_buffer(out), pool=pool)
+    return out
+
+
 @op("QDQ", domain=DOMAIN, backend="native")
 def QDQ(*inputs, op_type, op_domain="", op_opset=1, op_attrs=None, qin=(), qout=1, _ctx):
     vals, qps, rest = qfused.unpack_inputs(list(inputs), qin)
@@ -439,6 +465,10 @@ def QDQ(*inputs, op_type, op_domain="", op_opset=1, op_attrs=None, qin=(), qout=
     def fn(*args):
         return impl.fn(*args, **kw)
 
+    if qout:
+        y = _qlut(fn, op_type, op_domain, vals, qps, y_q, _ctx.pool)
+        if y is not None:
+            return y
     if qout and op_domain == "" and op_type in ("Resize", "Upsample") and qfused.is_move(op_type, op_domain, attrs):
         y = _qresize_nearest(fn, vals, qps, y_q, op_type, op_opset, attrs)
         if y is not None:
