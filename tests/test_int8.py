@@ -588,3 +588,23 @@ def test_lut_rejects_bad_table(ctx):
         native.lut_i8(np.zeros(4, np.int8), np.zeros(255, np.int8))
     with pytest.raises(ValueError, match="int8"):
         native.lut_i8(np.zeros(4, np.float32), np.zeros(256, np.int8))
+
+
+def test_cached_int8_operators_give_the_same_result():
+    """With the "ram" provider the operator cache keeps the packed qc8 operators (QConv, QLinear)
+    across runs; the second run (weights not fetched) equals the first."""
+    import tempfile
+    import onnxstream_py
+    from onnxstream_py.converter import convert_model_proto
+    rng = np.random.default_rng(4)
+    x = {"x": rng.standard_normal((1, 16, 6, 5)).astype(np.float32)}
+    qmodel = insert_qdq(attention_block(), x, ["t", "q0", "k0", "v0", "q", "k", "v", "o2", "proj"])
+    with tempfile.TemporaryDirectory() as d:
+        convert_model_proto(qmodel, d + "/m")
+        with onnxstream_py.Model(d + "/m", provider="ram",
+                                 options=RunOptions(backend="native", threads=2, operator_cache_bytes=1 << 20)) as m:
+            first = m.run(x)["y"]
+            cached = len(m._interpreter.ctx.op_cache)
+            second = m.run(x)["y"]
+    np.testing.assert_array_equal(first, second)
+    assert cached == 4            # the four projections

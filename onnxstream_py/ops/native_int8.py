@@ -281,6 +281,25 @@ class PreparedQLinear:
         self.conv.close()
 
 
+def _qlinear_float_out(a, a_scale, a_zp, w, w_scale, b, b_scale, b_zp, weight_kn, reference):
+    """DQ(a) @ DQ(w) (+ bias) with a float output, a block of rows at a time (the float copy of
+    the activation never exists whole); the unfused arithmetic (float32 matmul)."""
+    k = a.shape[-1]
+    wf = qfused._dq_weight(w, w_scale, None, 1 if weight_kn else 0)
+    wf = wf if weight_kn else wf.T
+    if wf.shape[0] != k:
+        return reference()
+    bf = qfused._bias_float(b, b_scale, b_zp)
+    a_q = qfused.qparams(a_scale, a_zp)
+    a2 = a.reshape(-1, k)
+    y = np.empty((a2.shape[0], wf.shape[1]), _F32)
+    step = max(1, qfused.BLOCK_ELEMS // k)
+    for r0 in range(0, a2.shape[0], step):
+        blk = np.matmul(qfused.dequantize(a2[r0:r0 + step], *a_q), wf)
+        y[r0:r0 + step] = blk if bf is None else blk + bf
+    return y.reshape(a.shape[:-1] + (wf.shape[1],))
+
+
 @op("QLinear", domain=DOMAIN, backend="native")
 def QLinear(a, a_scale, a_zp, w, w_scale, w_zp=None, b=None, b_scale=None, b_zp=None, y_scale=None, y_zp=None, *,
             weight_kn=1, _ctx, _cache=None):
@@ -296,9 +315,10 @@ def QLinear(a, a_scale, a_zp, w, w_scale, w_zp=None, b=None, b_scale=None, b_zp=
                               weight_kn=weight_kn)
 
     if not (isinstance(a, np.ndarray) and a.dtype == _I8 and a.ndim >= 1 and isinstance(w, np.ndarray)
-            and w.dtype == _I8 and w.ndim == 2 and np.asarray(a_zp).dtype == _I8 and _zero(w_zp)
-            and y_scale is not None and a.size > 0):
+            and w.dtype == _I8 and w.ndim == 2 and np.asarray(a_zp).dtype == _I8 and _zero(w_zp) and a.size > 0):
         return reference()
+    if y_scale is None:
+        return _qlinear_float_out(a, a_scale, a_zp, w, w_scale, b, b_scale, b_zp, weight_kn, reference)
     wnk = w.T if weight_kn else w
     n, k = wnk.shape
     ws = _channel_scales(w_scale, n)
