@@ -608,3 +608,16 @@ def test_cached_int8_operators_give_the_same_result():
             second = m.run(x)["y"]
     np.testing.assert_array_equal(first, second)
     assert cached == 4            # the four projections
+
+
+def test_concat_of_int8_and_float_dequantizes(ctx):
+    """A data-movement op with a float data input (not from a DequantizeLinear) is not run on int8
+    values: Concat(DQ(a), b_float) -> Q equals the float formula."""
+    from onnxstream_py.ops import native_int8
+    a = _rand_i8((1, 3, 4, 5), 14)
+    b = np.random.default_rng(15).standard_normal((1, 2, 4, 5)).astype(np.float32)
+    inputs = [a, np.float32(0.05), np.int8(2), b, np.float32(0.04), np.int8(-1)]
+    attrs = dict(op_type="Concat", op_opset=13, qin=[1, 0], qout=1, op_attrs={"axis": 1})
+    want = qfused.quantize(np.concatenate([qfused.dequantize(a, np.float32(0.05), 2), b], axis=1), np.float32(0.04), -1)
+    np.testing.assert_array_equal(native_int8.QDQ(*inputs, **attrs, _ctx=ctx), want)
+    np.testing.assert_array_equal(qfused.QDQ(*inputs, **attrs), want)

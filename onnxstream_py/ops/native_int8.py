@@ -493,7 +493,7 @@ def QDQ(*inputs, op_type, op_domain="", op_opset=1, op_attrs=None, qin=(), qout=
         y = _qresize_nearest(fn, vals, qps, y_q, op_type, op_opset, attrs)
         if y is not None:
             return y
-    if qout and qfused.is_move(op_type, op_domain, attrs):
+    if qout and qfused.movable(op_type, op_domain, attrs, vals, qps):
         return qfused.run_move(fn, vals, qps, y_q, qfused.data_inputs(op_type, len(vals)))
     return qfused.run_blockwise(fn, vals, qps, y_q, qfused._split_spec(op_type, op_domain, attrs, vals))
 

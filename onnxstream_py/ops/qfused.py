@@ -62,6 +62,13 @@ def data_inputs(op_type: str, n_inputs: int) -> tuple[int, ...]:
     return tuple(range(n_inputs)) if d is None else d
 
 
+def movable(op_type: str, domain: str, attrs: dict, vals: list, qps: list) -> bool:
+    """is_move, and every data input present arrives quantized (a float one, say a Concat of an
+    int8 and a float tensor, needs the dequantize-compute-requantize path)."""
+    return is_move(op_type, domain, attrs) and all(
+        qps[i] is not None for i in data_inputs(op_type, len(vals)) if i < len(vals) and vals[i] is not None)
+
+
 # ---------------------------------------------------------------- quantize / dequantize
 
 def qparams(scale, zero_point) -> tuple[np.float32, int]:
@@ -367,7 +374,7 @@ def QDQ(*inputs, op_type, op_domain="", op_opset=1, op_attrs=None, qin=(), qout=
     def fn(*args):
         return impl.fn(*args, **kw)
 
-    if qout and is_move(op_type, op_domain, op_attrs or {}):
+    if qout and movable(op_type, op_domain, op_attrs or {}, vals, qps):
         return run_move(fn, vals, qps, y_q, data_inputs(op_type, len(vals)))
     return run_blockwise(fn, vals, qps, y_q, _split_spec(op_type, op_domain, op_attrs or {}, vals))
 
