@@ -10,6 +10,8 @@ The fused ops read and write the int8 tensors directly:
 - ``QConv`` / ``QLinear``: DQ(x) and DQ(int8 weight, per output channel) [+ bias] -> Conv /
   MatMul / Gemm [-> Q]. Here: dequantize, compute in float, quantize (the unfused graph's own
   arithmetic); natively XNNPACK's qc8 kernels (ops/native_int8.py).
+- ``QPrologueConv``: a QDQ GroupNorm(+SiLU) or nearest Resize read only by a QConv, as one op
+  (natively the conv's input is made one band of rows at a time).
 - ``QDQ``: DQ(..) -> any other op -> Q. Data-movement ops (Reshape, Transpose, Concat, nearest
   Resize, ...) run on the int8 values themselves after requantizing each input to the output's
   scale (exactly Q(op(DQ(x))) for them); every other op is computed block by block along an
@@ -238,9 +240,10 @@ def unpack_inputs(inputs, qin) -> tuple[list, list]:
 
 
 def _split_spec(op_type: str, domain: str, attrs: dict, vals: list) -> tuple[int, list] | None:
-    """(rank of the output, per input: 'b' (broadcast-aligned with the output), 's' (same axis
-    as input 0), 'c' (sliced along its axis 0 when the output's axis 1 is split), None (whole)),
-    and the output axes the op computes independently. None: no such axis."""
+    """(axes, hows): the output axes the op computes independently of each other, and per input
+    how a block along one of them is cut: 'b' (broadcast-aligned with the output), 's' (the same
+    axis of input 0's shape), 'c' (along its axis 0 when the output's axis 1 is cut: per-channel
+    parameters), 'm' (an attention mask's query axis), None (whole). None: no such axis."""
     x = vals[0]
     if not isinstance(x, np.ndarray):
         return None
