@@ -50,7 +50,6 @@ W8_MIN_ELEMENTS = 4096
 W8_MAX = 127          # symmetric int8 range [-127, 127] (XNNPACK's qc8 weights use the same)
 
 
-
 @dataclass
 class ConvertReport:
     nodes_in: int = 0
