@@ -37,7 +37,8 @@ def add_commands(sub) -> None:
     s.add_argument("--num", type=int, default=1, help="images (seeds seed, seed+1, ...)")
     s.add_argument("--output", default="out.png", help="PNG path; with --num > 1, _N is added")
     s.add_argument("--threads", type=int, default=None)
-    s.add_argument("--provider", choices=["nocache", "prefetch", "ram"], default=None)
+    s.add_argument("--provider", choices=["nocache", "prefetch", "ram"], default=None,
+                   help="weights provider for the networks (default nocache: chunked reads, least memory)")
     s.add_argument("--rpi", action="store_true", help="smallest memory: DiskNoCache, separate CFG passes, "
                                                      "w8a8 VAE decoder if converted, tiled decode under 256M")
     s.add_argument("--max-memory", default=None, help="process budget, e.g. 400M (default 300M, --rpi 256M; 0: none): the VAE decode is tiled to stay under it")
