@@ -14,15 +14,15 @@ import pytest
 
 from onnxstream_py.sd import pipeline as pl
 from onnxstream_py.sd.cli import DEMO_EXPORT
-from onnxstream_py.sd.convert import convert_sd
+from onnxstream_py.sd.convert import W8A8Vae, convert_sd
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     """The tiny pipeline converted twice: recommended settings (fp16-storage UNet) and all FP32."""
     root = tmp_path_factory.mktemp("sd")
-    convert_sd(DEMO_EXPORT, str(root / "default"), log=lambda m: None)
-    convert_sd(DEMO_EXPORT, str(root / "fp32"), {"unet": "fp32"}, log=lambda m: None)
+    convert_sd(DEMO_EXPORT, str(root / "default"), log=lambda m: None, w8a8_vae=W8A8Vae(count=3, steps=4))
+    convert_sd(DEMO_EXPORT, str(root / "fp32"), {"unet": "fp32"}, log=lambda m: None, w8a8_vae=None)
     return root
 
 
@@ -38,7 +38,10 @@ PARAMS = dict(prompt="a red fox in the snow, (golden hour:1.3), [blurry]", negat
 
 def test_manifest_and_precisions(converted):
     m = json.load(open(converted / "default" / pl.MANIFEST))
-    assert m["precisions"] == {"text_encoder": "fp32", "unet": "fp16-storage", "vae_decoder": "fp32"}
+    assert m["precisions"] == {"text_encoder": "fp32", "unet": "fp16-storage", "vae_decoder": "fp32",
+                               "vae_decoder_w8a8": "w8a8"}
+    assert "precision w8a8" in (converted / "default" / "vae_decoder_w8a8" / "graph.txt").read_text()
+    assert (converted / "default" / "vae_decoder_w8a8" / "quant_report.txt").exists()
     assert (converted / "default" / "tokenizer" / "vocab.json").exists()
     assert "precision fp16-storage" in (converted / "default" / "unet" / "graph.txt").read_text()
 
@@ -158,3 +161,18 @@ def test_cli_sd_and_demo(converted, tmp_path):
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "demo.png").exists() and "vs the same pipeline on onnxruntime" in r.stdout
+
+
+def test_rpi_decodes_with_the_w8a8_decoder(converted):
+    """--rpi's decoder: calibrated by convert-sd on its own generations (3 here, at the UNet's
+    128x128); PSNR against the FP32 decoder on the latents of another generation (the tiny random
+    decoder measured ~31 dB; the full-size figure is in the README)."""
+    params = pl.GenerationParams("a lighthouse on a cliff", "", 4, 7.5, "euler_a", False, 11, 128, 128)
+    sd = pl.StableDiffusion(str(converted / "default"), progress=False)
+    cond, uncond = sd.encode_prompts(params.prompt, "")
+    lat = sd.denoise(cond, uncond, params)
+    rpi = pl.StableDiffusion(str(converted / "default"), progress=False, rpi=True)
+    assert rpi._vae_key() == "vae_decoder_w8a8" and not rpi.cfg_batch and rpi.provider == "nocache"
+    to8 = lambda x: np.clip((x / 2 + 0.5) * 255, 0, 255)  # noqa: E731
+    mse = float(((to8(sd.decode(lat)) - to8(rpi.decode(lat))) ** 2).mean())
+    assert 10 * np.log10(255 ** 2 / mse) >= 25

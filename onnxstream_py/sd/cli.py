@@ -21,6 +21,13 @@ def add_commands(sub) -> None:
     c.add_argument("--text-encoder", default="fp32", choices=PRECISIONS)
     c.add_argument("--unet", default="fp16-storage", choices=PRECISIONS)
     c.add_argument("--vae-decoder", default="fp32", choices=PRECISIONS)
+    c.add_argument("--no-vae-w8a8", action="store_true", help="skip the W8A8 VAE decoder (--rpi's)")
+    c.add_argument("--calibration-prompts", metavar="FILE", help="prompts for the calibration generations, one per line")
+    c.add_argument("--calibration-count", type=int, default=4, help="calibration generations (default 4)")
+    c.add_argument("--calibration-steps", type=int, default=4, help="steps per calibration generation (default 4)")
+    c.add_argument("--calibration-size", type=int, default=None, help="image side (default: the UNet's, 512 for SD 1.5)")
+    c.add_argument("--calibration-method", default="percentile", choices=["minmax", "percentile"])
+    c.add_argument("--percentile", type=float, default=99.99)
     c.set_defaults(fn=cmd_convert_sd)
 
     s = sub.add_parser("sd", help="generate images with a converted Stable Diffusion pipeline")
@@ -51,11 +58,24 @@ def add_commands(sub) -> None:
 
 
 def cmd_convert_sd(args) -> int:
-    from .convert import convert_sd
+    from .convert import CALIBRATION_PROMPTS, W8A8Vae, convert_sd
     from .pipeline import peak_rss_mib
     t0 = time.perf_counter()
+    w8a8 = None
+    if not args.no_vae_w8a8:
+        prompts = CALIBRATION_PROMPTS
+        if args.calibration_prompts:
+            with open(args.calibration_prompts, encoding="utf-8") as f:
+                prompts = tuple(line.strip() for line in f if line.strip())
+            if not prompts:
+                raise ValueError(f"--calibration-prompts {args.calibration_prompts}: no prompts in the file")
+        if args.calibration_count < 1 or args.calibration_steps < 1:
+            raise ValueError("--calibration-count and --calibration-steps must be >= 1")
+        w8a8 = W8A8Vae(prompts, args.calibration_count, args.calibration_steps, args.calibration_size,
+                       args.calibration_method, args.percentile)
     convert_sd(args.export_dir, args.out_dir,
-               {"text_encoder": args.text_encoder, "unet": args.unet, "vae_decoder": args.vae_decoder})
+               {"text_encoder": args.text_encoder, "unet": args.unet, "vae_decoder": args.vae_decoder},
+               w8a8_vae=w8a8)
     print(f"converted {args.export_dir} -> {args.out_dir} in {time.perf_counter() - t0:.1f} s, "
           f"peak RSS {peak_rss_mib():.1f} MiB")
     return 0
@@ -141,7 +161,7 @@ def cmd_demo(args) -> int:
     from ..cli import _options
     t0 = time.perf_counter()
     out_dir = args.out_dir or os.path.join(tempfile.gettempdir(), "onnxstream_demo_sd")
-    convert_sd(DEMO_EXPORT, out_dir, log=lambda m: None)
+    convert_sd(DEMO_EXPORT, out_dir, log=lambda m: None, w8a8_vae=None)
     print(f"converted the tiny SD 1.5 pipeline ({DEMO_EXPORT}) -> {out_dir} in {time.perf_counter() - t0:.1f} s")
     params = GenerationParams(args.prompt, "blurry, low quality", args.steps, 7.5, "euler_a", False, args.seed,
                               args.size, args.size)
