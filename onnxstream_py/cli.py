@@ -130,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="query-row slices for attention (0: sized to a 16 MiB budget)")
         sp.add_argument("--attention", default="auto", choices=["auto", "flash", "sliced"],
                         help="fused attention kernel on the native backend (default auto: measured or flash)")
-        sp.add_argument("--max-weight-chunk-mib", type=int, default=16,
-                        help="stream larger Conv/MatMul/Gemm weights in chunks of rows (0: off; default 16)")
+        sp.add_argument("--max-weight-chunk-mib", type=int, default=8,
+                        help="stream larger Conv/MatMul/Gemm weights in chunks of rows (0: off; default 8)")
         sp.add_argument("--activation-storage", default="fp32", choices=["fp32", "fp16"],
                         help="fp16: keep long-lived activations (skip connections) as FP16 meanwhile")
         sp.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "w8a8"],

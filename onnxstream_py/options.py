@@ -42,8 +42,10 @@ class RunOptions:
     # Native backend, Conv/MatMul/Gemm whose weight is larger than this (bytes at the model's
     # dtype): with a provider that reads row ranges cheaply (DiskNoCache), the weight is read
     # and packed one chunk of rows at a time (output channels of a Conv, K rows of a MatMul),
-    # so at most one chunk of raw and packed weight is alive (weight_ref.py). 0: off.
-    max_weight_chunk_bytes: int = 16 * MiB
+    # so at most one chunk of raw and packed weight is alive (weight_ref.py). 0: off. 8 MiB:
+    # the SD 1.5 UNet's DiskNoCache peak was 144-146 MiB with it, 158-169 with 16 MiB (the raw
+    # and packed chunk plus the allocator's slack sit on top of the live activations).
+    max_weight_chunk_bytes: int = 8 * MiB
     # "fp16": a float32 intermediate that waits many steps for its next consumer (a UNet skip
     # connection) is kept as float16 meanwhile and widened when used (plan.activation_storage);
     # halves that memory; error on the tiny SD 1.5 UNet fixture: NMSE ~1.5e-7, max abs error

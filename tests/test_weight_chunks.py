@@ -173,7 +173,7 @@ def test_weight_ref_chunks():
 
 
 def test_options_validation():
-    assert onnxstream_py.RunOptions().max_weight_chunk_bytes == 16 << 20
+    assert onnxstream_py.RunOptions().max_weight_chunk_bytes == 8 << 20
     onnxstream_py.RunOptions(max_weight_chunk_bytes=0)
     with pytest.raises(ValueError, match="max_weight_chunk_bytes"):
         onnxstream_py.RunOptions(max_weight_chunk_bytes=-1)
