@@ -851,6 +851,16 @@ def fuse_qdq(graph: Graph, nodes: list[Node]) -> tuple[list[Node], dict[str, int
         if q:
             removed.add(q[3])
         counts[op_type] += 1
+    # a QuantizeLinear left alone (its producer has no int8 form) runs as the lean QDQ op too:
+    # Identity -> Q, quantized block by block in float32 (the reference op keeps float64
+    # temporaries of the whole tensor)
+    for i, n in enumerate(nodes):
+        if (i not in removed and i not in replace and n.op_type == "QuantizeLinear" and n.domain == ""
+                and len(n.inputs) == 3 and per_tensor_i8(n.inputs[1], n.inputs[2]) and n.attrs.get("saturate", 1) == 1):
+            replace[i] = Node("QDQ", n.name + "/qdq", list(n.inputs), list(n.outputs),
+                              {"op_type": "Identity", "op_domain": "", "op_opset": graph.opset_for(""),
+                               "op_attrs": {}, "qin": [0], "qout": 1}, FUSED_DOMAIN)
+            counts["Quantize"] = counts.get("Quantize", 0) + 1
     nodes = _replace_chains(nodes, removed, replace)
     # DequantizeLinear nodes nobody reads any more
     used = {name for n in nodes for name in n.inputs if name} | {v.name for v in graph.outputs}

@@ -47,7 +47,7 @@ MOVE_OPS = {"Reshape": (0,), "Transpose": (0,), "Flatten": (0,), "Squeeze": (0,)
 # Elementwise ops (numpy broadcasting): any output axis splits every input alike.
 ELEMENTWISE_OPS = {"Add", "Sub", "Mul", "Div", "Pow", "Sigmoid", "Tanh", "Relu", "LeakyRelu", "Clip", "Erf",
                    "Exp", "Sqrt", "Neg", "Abs", "HardSigmoid", "HardSwish", "Softplus", "Elu", "Selu",
-                   "Silu", "Gelu", "GeluMul", "Where", "Max", "Min", "Mish"}
+                   "Silu", "Gelu", "GeluMul", "Where", "Max", "Min", "Mish", "Identity"}
 
 
 def is_move(op_type: str, domain: str, attrs: dict) -> bool:
