@@ -431,7 +431,9 @@ def convert_quantized(model_path: str, out_dir: str, config: QuantizeConfig,
         if hasattr(qgraph, "precision"):
             qgraph.precision = config.mode
         pct = f" percentile={config.percentile}" if config.method == "percentile" else ""
-        qgraph.comments = [c for c in qgraph.comments] + [
+        qgraph.comments = [
+            f"converted by onnxstream_py --quantize {config.mode}; {len(qgraph.nodes)} ops, "
+            f"{len(qgraph.weights)} weights in {WEIGHTS_FILE}",
             f"precision {config.mode}: int8 weights per output channel (symmetric), int8 activations per tensor "
             f"(asymmetric), ONNX QDQ form",
             f"calibration method={config.method}{pct} samples={cal.samples} "

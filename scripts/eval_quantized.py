@@ -6,8 +6,10 @@ the chosen provider, and reports its best run time and its peak RSS (getrusage).
 compared with the reference's: max abs error, NMSE, and PSNR of the image (values mapped
 [-1, 1] -> [0, 255] after clipping, as the pipeline's postprocessing does) over all samples.
 
-``--peak-ops N`` reruns each non-reference model once with ONNXSTREAM_DEBUG=2 and lists the N ops
-after which the process's RSS was highest (which tensors hold the peak).
+``--peak-ops N`` lists, per model, the N ops during which the process's peak RSS (getrusage max
+RSS, read after every op through the interpreter's observer hook) rose the most, with the peak
+reached and the live activations after the op: which op and which tensors hold the peak,
+including transients inside an op that an RSS sample after each op misses.
 
     python3 scripts/eval_quantized.py --inputs /work/synth/sd15/_prec/quant/evaluation.npz \\
         --reference /work/synth/sd15/_bench/vae_decoder/converted \\
@@ -16,7 +18,6 @@ after which the process's RSS was highest (which tensors hold the peak).
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 
@@ -24,28 +25,43 @@ import onnxstream_py  # noqa: F401  (before numpy: sets OPENBLAS_THREAD_TIMEOUT)
 import numpy as np
 
 
-def child(model_dir: str, inputs: str, out: str, provider: str, threads: int) -> None:
+def child(model_dir: str, inputs: str, out: str, provider: str, threads: int, peak_ops: int) -> None:
     import resource
     import time
     from onnxstream_py import Model, RunOptions
     data = np.load(inputs)
     names = list(data.files)
     n = data[names[0]].shape[0]
-    outs, times = [], []
+    outs, times, rises = [], [], {}
     with Model(model_dir, provider=provider, options=RunOptions(threads=threads)) as m:
+        if peak_ops:
+            last = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]
+
+            def hook(node, result):
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                if peak > last[0]:
+                    outs_desc = ", ".join(f"{a.dtype.name}{list(a.shape)}" for a in result
+                                          if isinstance(a, np.ndarray))
+                    key = f"{node.op_type} {node.name} -> {outs_desc}"
+                    rises[key] = max(rises.get(key, (0, 0))[0], peak - last[0]), peak
+                    last[0] = peak
+            m._interpreter.observer = hook
         for i in range(n):
             t0 = time.perf_counter()
             r = m.run({k: data[k][i] for k in names})
             times.append(time.perf_counter() - t0)
             outs.append(next(iter(r.values())))
     np.save(out, np.stack(outs))
+    top = sorted(rises.items(), key=lambda kv: -kv[1][1])[:peak_ops]
     print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "best_s": min(times), "times": times}))
+                      "best_s": min(times), "times": times,
+                      "peak_ops": [f"peak {p / 1024:.0f} MiB (+{d / 1024:.0f}) during {k}" for k, (d, p) in top]}))
 
 
 def run_child(model_dir, args, out, env=None):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", model_dir, "--inputs", args.inputs,
-           "--out", out, "--provider", args.provider, "--threads", str(args.threads)]
+           "--out", out, "--provider", args.provider, "--threads", str(args.threads),
+           "--peak-ops", str(args.peak_ops)]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode:
         sys.exit(f"{model_dir}: child failed:\n{p.stderr[-3000:]}")
@@ -57,19 +73,6 @@ def psnr(ref: np.ndarray, x: np.ndarray) -> float:
     b = (np.clip(x.astype(np.float64), -1, 1) + 1) * 127.5
     mse = float(np.mean((a - b) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
-
-
-_LINE = re.compile(r"^\[(\d+)/\d+\] (\S+) (\S+) .*rss (\d+) MiB\s+live (\d+) MiB")
-
-
-def peak_ops(stderr: str, top: int) -> list[str]:
-    rows = []
-    for line in stderr.splitlines():
-        m = _LINE.match(line)
-        if m:
-            rows.append((int(m.group(4)), int(m.group(5)), m.group(2), m.group(3), int(m.group(1)), line))
-    rows.sort(key=lambda r: -r[0])
-    return [f"rss {r[0]} MiB live {r[1]} MiB  step {r[4]} {r[2]} {r[3]}" for r in rows[:top]]
 
 
 def main(argv=None) -> int:
@@ -84,7 +87,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     if args.child:
-        child(args.child, args.inputs, args.out, args.provider, args.threads)
+        child(args.child, args.inputs, args.out, args.provider, args.threads, args.peak_ops)
         return 0
     tmp = os.path.join(os.path.dirname(os.path.abspath(args.inputs)), "_eval_outputs")
     os.makedirs(tmp, exist_ok=True)
@@ -103,15 +106,8 @@ def main(argv=None) -> int:
         nmse = float(np.sum(err ** 2) / np.sum(ref.astype(np.float64) ** 2))
         print(f"{os.path.basename(os.path.normpath(d)):40s} {info['peak_rss_mib']:8.0f}M {info['best_s']:7.2f}"
               f" {psnr(ref, x):8.2f} {min(per):8.2f} {nmse:9.2e} {float(np.abs(err).max()):8.3g}")
-        if args.peak_ops:
-            env = dict(os.environ, ONNXSTREAM_DEBUG="2")
-            one = os.path.join(tmp, "_one.npz")
-            data = np.load(args.inputs)
-            np.savez(one, **{k: data[k][:1] for k in data.files})
-            a = argparse.Namespace(**{**vars(args), "inputs": one})
-            _, stderr = run_child(d, a, os.path.join(tmp, "_debug.npy"), env)
-            for line in peak_ops(stderr, args.peak_ops):
-                print("    " + line)
+        for line in info.get("peak_ops", []):
+            print("    " + line)
     return 0
 
 
