@@ -150,6 +150,29 @@ static inline int8_t qaffine_one(int8_t q, int32_t zx, float a, float b, int sil
     return (int8_t)requantize(u, sy, lo, hi, zy);
 }
 
+/* One run of channels-last values: restrict pointers (int8 stores could otherwise alias the
+ * float coefficients, which keeps the compiler from vectorising), SiLU hoisted out of the loop. */
+static void qaffine_run(int8_t* restrict y, const int8_t* restrict x, const float* restrict a,
+                        const float* restrict b, size_t count, int silu, int32_t zx, float sy, int32_t zy) {
+    const float lo = (float)(INT8_MIN - zy), hi = (float)(INT8_MAX - zy);
+    if (silu) {
+        for (size_t k = 0; k < count; k++) y[k] = qaffine_one(x[k], zx, a[k], b[k], 1, sy, lo, hi, zy);
+    } else {
+        for (size_t k = 0; k < count; k++) y[k] = qaffine_one(x[k], zx, a[k], b[k], 0, sy, lo, hi, zy);
+    }
+}
+
+/* The same with one coefficient pair for the whole run (an NCHW channel plane). */
+static void qaffine_plane(int8_t* restrict y, const int8_t* restrict x, float a, float b, size_t count, int silu,
+                          int32_t zx, float sy, int32_t zy) {
+    const float lo = (float)(INT8_MIN - zy), hi = (float)(INT8_MAX - zy);
+    if (silu) {
+        for (size_t p = 0; p < count; p++) y[p] = qaffine_one(x[p], zx, a, b, 1, sy, lo, hi, zy);
+    } else {
+        for (size_t p = 0; p < count; p++) y[p] = qaffine_one(x[p], zx, a, b, 0, sy, lo, hi, zy);
+    }
+}
+
 /* a[k], b[k] (k over the group's channels) of image img, group g: exact integer sums, float64
  * moments. */
 static void qgn_coeffs(const struct qgn_ctx* t, size_t img, size_t g, float* a, float* b) {
@@ -210,26 +233,9 @@ static void qgn_task(void* arg, size_t img, size_t g) {
     qgn_coeffs(t, img, g, a, b);
     const int32_t zx = t->x_zp, zy = t->y_zp;
     const float sy = t->y_scale;
-    const float lo = (float)(INT8_MIN - zy), hi = (float)(INT8_MAX - zy);
-    const int silu = t->silu;
-    if (t->nhwc) {
-        for (size_t p = 0; p < hw; p++) {
-            const int8_t* xp = x + p * c + c0;
-            int8_t* yp = y + p * c + c0;
-            for (size_t k = 0; k < cpg; k++) yp[k] = qaffine_one(xp[k], zx, a[k], b[k], silu, sy, lo, hi, zy);
-        }
-    } else {
-        for (size_t k = 0; k < cpg; k++) {
-            const int8_t* xc = x + (c0 + k) * hw;
-            int8_t* yc = y + (c0 + k) * hw;
-            const float ak = a[k], bk = b[k];
-            if (silu) {
-                for (size_t p = 0; p < hw; p++) yc[p] = qaffine_one(xc[p], zx, ak, bk, 1, sy, lo, hi, zy);
-            } else {
-                for (size_t p = 0; p < hw; p++) yc[p] = qaffine_one(xc[p], zx, ak, bk, 0, sy, lo, hi, zy);
-            }
-        }
-    }
+    /* NCHW only: osn_qgroup_norm_act runs channels-last tensors by whole pixels */
+    for (size_t k = 0; k < cpg; k++)
+        qaffine_plane(y + (c0 + k) * hw, x + (c0 + k) * hw, a[k], b[k], hw, t->silu, zx, sy, zy);
     free(ab);
 }
 
@@ -271,16 +277,8 @@ struct qaff_ctx {
 static void qaff_task(void* arg, size_t p0, size_t np) {
     const struct qaff_ctx* t = arg;
     const size_t c = t->c;
-    const float lo = (float)(INT8_MIN - t->zy), hi = (float)(INT8_MAX - t->zy);
-    for (size_t p = p0; p < p0 + np; p++) {
-        const int8_t* xp = t->x + p * c;
-        int8_t* yp = t->y + p * c;
-        if (t->silu) {
-            for (size_t k = 0; k < c; k++) yp[k] = qaffine_one(xp[k], t->zx, t->a[k], t->b[k], 1, t->sy, lo, hi, t->zy);
-        } else {
-            for (size_t k = 0; k < c; k++) yp[k] = qaffine_one(xp[k], t->zx, t->a[k], t->b[k], 0, t->sy, lo, hi, t->zy);
-        }
-    }
+    for (size_t p = p0; p < p0 + np; p++)
+        qaffine_run(t->y + p * c, t->x + p * c, t->a, t->b, c, t->silu, t->zx, t->sy, t->zy);
 }
 
 int osn_qaffine_act_nhwc(osn_pool* pool, int8_t* y, const int8_t* x, const float* a, const float* b, size_t pixels,
@@ -293,20 +291,6 @@ int osn_qaffine_act_nhwc(osn_pool* pool, int8_t* y, const int8_t* x, const float
     return 0;
 }
 
-int osn_qgroup_norm_act(osn_pool* pool, int8_t* y, const int8_t* x, const float* gamma, const float* beta,
-                        size_t n, size_t c, size_t hw, int nhwc, size_t groups, float epsilon, int silu,
-                        int8_t x_zero_point, float x_scale, int8_t y_zero_point, float y_scale) {
-    if (y == NULL || x == NULL || gamma == NULL || beta == NULL || groups == 0 || c % groups || !(x_scale > 0) ||
-        !(y_scale > 0) || !(epsilon >= 0))
-        return OSN_E_INVALID_ARGUMENT;
-    /* int32 per-pixel partial sums of squares: cpg * 255^2 < 2^31 */
-    if (c / groups > 30000) return OSN_E_INVALID_ARGUMENT;
-    struct qgn_ctx t = {y, x, gamma, beta, c, hw, c / groups, nhwc != 0, silu != 0, (double)epsilon,
-                        x_zero_point, y_zero_point, x_scale, y_scale, 0};
-    pthreadpool_parallelize_2d(osn_pool_handle(pool), (pthreadpool_task_2d_t)qgn_task, &t, n, groups,
-                               OSN_PARALLEL_FLAGS);
-    return t.status;
-}
 
 /* ---------------------------------------------------------------- int8 -> int8 lookup */
 
@@ -326,4 +310,32 @@ int osn_lut_i8(osn_pool* pool, int8_t* y, const int8_t* x, const int8_t* lut, si
     struct lut_ctx t = {y, x, lut};
     pthreadpool_parallelize_1d_tile_1d(osn_pool_handle(pool), lut_task, &t, count, 1 << 16, OSN_PARALLEL_FLAGS);
     return 0;
+}
+
+int osn_qgroup_norm_act(osn_pool* pool, int8_t* y, const int8_t* x, const float* gamma, const float* beta,
+                        size_t n, size_t c, size_t hw, int nhwc, size_t groups, float epsilon, int silu,
+                        int8_t x_zero_point, float x_scale, int8_t y_zero_point, float y_scale) {
+    if (y == NULL || x == NULL || gamma == NULL || beta == NULL || groups == 0 || c % groups || !(x_scale > 0) ||
+        !(y_scale > 0) || !(epsilon >= 0))
+        return OSN_E_INVALID_ARGUMENT;
+    /* int32 per-pixel partial sums of squares: cpg * 255^2 < 2^31 */
+    if (c / groups > 30000) return OSN_E_INVALID_ARGUMENT;
+    if (nhwc) {
+        /* channels-last: a group's channels are short runs at every pixel, so the output pass runs
+         * over whole pixels (all channels, each with its own coefficients) instead of per group */
+        float* ab = (float*)malloc(2 * n * c * sizeof(float));
+        if (ab == NULL) return OSN_E_OUT_OF_MEMORY;
+        int st = osn_qgroup_norm_coeffs(pool, ab, ab + n * c, x, gamma, beta, n, c, hw, 1, groups, epsilon,
+                                        x_zero_point, x_scale);
+        for (size_t i = 0; st == 0 && i < n; i++)
+            st = osn_qaffine_act_nhwc(pool, y + i * hw * c, x + i * hw * c, ab + i * c, ab + n * c + i * c, hw, c,
+                                      silu, x_zero_point, y_zero_point, y_scale);
+        free(ab);
+        return st;
+    }
+    struct qgn_ctx t = {y, x, gamma, beta, c, hw, c / groups, 0, silu != 0, (double)epsilon,
+                        x_zero_point, y_zero_point, x_scale, y_scale, 0};
+    pthreadpool_parallelize_2d(osn_pool_handle(pool), (pthreadpool_task_2d_t)qgn_task, &t, n, groups,
+                               OSN_PARALLEL_FLAGS);
+    return t.status;
 }
