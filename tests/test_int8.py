@@ -305,13 +305,15 @@ def _run(model: onnx.ModelProto, feeds: dict, backend: str) -> tuple[np.ndarray,
             return m.run(feeds)[model.graph.output[0].name], dict(m.plan.fusions)
 
 
-@pytest.fixture(params=["whole", "banded"])
+@pytest.fixture(params=["whole", "banded", "bands3"])
 def banding(request, monkeypatch):
-    """'banded': every int8 convolution runs in bands of one or two output rows (the path large
-    ones take: ops/native_int8.run_banded), so small tests cover the band edges and padding."""
+    """'banded': every int8 convolution runs in bands of one output row (the path large ones
+    take: ops/native_int8.run_banded), so small tests cover the band edges and padding;
+    'bands3': bands of ~3 rows at 10 x 16 channels, where a conv whose dying input has the
+    output's shape writes into it (run_banded's inplace)."""
     from onnxstream_py.ops import native_int8
-    if request.param == "banded":
-        monkeypatch.setattr(native_int8, "BAND_INPUT_BYTES", 1)
+    if request.param != "whole":
+        monkeypatch.setattr(native_int8, "BAND_INPUT_BYTES", 1 if request.param == "banded" else 900)
         monkeypatch.setattr(native_int8, "BAND_MIN_INDIRECTION_BYTES", 0)
     return request.param
 
@@ -321,7 +323,7 @@ ATTENTION_QUANTIZED = ["t", "q", "k", "v", "o2", "proj", "y0"]
 
 
 @pytest.mark.parametrize("which", ["vae", "attention"])
-def test_fused_qdq_graph_matches_unfused(which, banding):
+def test_fused_qdq_graph_matches_unfused(which, banding, monkeypatch):
     rng = np.random.default_rng(3)
     if which == "vae":
         model, tensors = vae_like(), VAE_QUANTIZED
@@ -330,8 +332,18 @@ def test_fused_qdq_graph_matches_unfused(which, banding):
         model, tensors = attention_block(), ["t", "q", "k", "v", "o2", "proj"]
         x = rng.standard_normal((1, 16, 6, 5)).astype(np.float32)
     qmodel = insert_qdq(model, {"x": x}, tensors)
+    from onnxstream_py.ops import native_int8
+    real, inplace_runs = native_int8._run_banded_inplace, []
+
+    def spy(*a, **k):
+        inplace_runs.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(native_int8, "_run_banded_inplace", spy)
     unfused, _ = _run(qmodel, {"x": x}, "numpy")
     fused, fusions = _run(qmodel, {"x": x}, "native")
+    if which == "vae" and banding != "banded":
+        assert inplace_runs, "the second conv of the resnet block writes into its dying input"
     if which == "vae":
         # the first conv reads the float input: not fused; each GroupNorm(+SiLU) and the Resize
         # feed a conv alone (QPrologueConv: the conv's input made band by band); the Add
@@ -359,6 +371,10 @@ def _single_op_model(kind: str, seed: int = 0):
         inits.append(numpy_helper.from_array((rng.standard_normal((8, 16, 1, 1)) * 0.3).astype(np.float32), "w"))
         nodes.append(helper.make_node("Conv", ["x0", "w"], ["y"], strides=[2, 2]))
         out = [1, 8, 5, 7]
+    elif kind == "conv_1x1_shrink":
+        inits.append(numpy_helper.from_array((rng.standard_normal((8, 16, 1, 1)) * 0.3).astype(np.float32), "w"))
+        nodes.append(helper.make_node("Conv", ["x0", "w"], ["y"]))
+        out = [1, 8, 9, 13]
     elif kind == "depthwise":
         inits.append(numpy_helper.from_array((rng.standard_normal((16, 1, 3, 3)) * 0.3).astype(np.float32), "w"))
         nodes.append(helper.make_node("Conv", ["x0", "w"], ["y"], group=16, pads=[1, 1, 1, 1]))
@@ -405,7 +421,7 @@ def _single_op_model(kind: str, seed: int = 0):
 
 
 @pytest.mark.parametrize("kind,fused_as", [
-    ("conv", "QConv"), ("conv_stride2_1x1", "QConv"), ("depthwise", "QConv"), ("group_norm_silu", "QDQ"),
+    ("conv", "QConv"), ("conv_stride2_1x1", "QConv"), ("conv_1x1_shrink", "QConv"), ("depthwise", "QConv"), ("group_norm_silu", "QDQ"),
     ("add", "QDQ"), ("mul", "QDQ"), ("resize_nearest", "QDQ"), ("resize_linear", "QDQ"), ("concat", "QDQ"),
     ("softmax", "QDQ"), ("matmul", "QLinear"), ("transpose", "QDQ")])
 def test_each_fused_op_within_one_unit(kind, fused_as, banding):
@@ -621,3 +637,31 @@ def test_concat_of_int8_and_float_dequantizes(ctx):
     want = qfused.quantize(np.concatenate([qfused.dequantize(a, np.float32(0.05), 2), b], axis=1), np.float32(0.04), -1)
     np.testing.assert_array_equal(native_int8.QDQ(*inputs, **attrs, _ctx=ctx), want)
     np.testing.assert_array_equal(qfused.QDQ(*inputs, **attrs), want)
+
+
+def test_shrinking_1x1_conv_writes_into_its_dying_input(banding, monkeypatch):
+    """A 1x1 conv with fewer output than input channels whose input dies (a resnet shortcut)
+    writes its output into the input's buffer, band by band: same result as the unfused graph."""
+    from onnxstream_py.ops import native_int8
+    real, runs = native_int8._run_banded_inplace, []
+
+    def spy(*a, **k):
+        runs.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(native_int8, "_run_banded_inplace", spy)
+    rng = np.random.default_rng(6)
+    nodes, inits = [helper.make_node("Identity", ["x"], ["x0"])], []
+    _conv(nodes, inits, "x0", "c", 16, 16, "c0", rng)           # channels-last int8 output
+    inits.append(numpy_helper.from_array((rng.standard_normal((8, 16, 1, 1)) * 0.3).astype(np.float32), "w"))
+    nodes.append(helper.make_node("Conv", ["c", "w"], ["y"]))
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 9, 13])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 9, 13])], inits)
+    feeds = {"x": rng.standard_normal((1, 16, 9, 13)).astype(np.float32)}
+    qmodel = insert_qdq(model, feeds, ["x0", "c", "y"])
+    qmodel.graph.output.append(helper.make_tensor_value_info("y_q", TensorProto.INT8, None))
+    del qmodel.graph.output[0]
+    unfused, _ = _run(qmodel, feeds, "numpy")
+    fused, _ = _run(qmodel, feeds, "native")
+    assert runs == [1]
+    assert _units(fused, unfused) <= 1

@@ -80,19 +80,32 @@ def _present(*inputs) -> tuple[int, ...]:
 
 
 def run_banded(conv: native.XnnQConv2d, rows, n: int, h: int, w: int, pads_tb, zero_point: int, pool,
-               view=None) -> np.ndarray:
+               view=None, inplace: np.ndarray | None = None) -> np.ndarray:
     """y [N, OH, OW, Cout] int8 of a qc8 convolution created without top/bottom padding, computed
     one band of output rows at a time. ``rows(a, b, out)`` writes input rows [a, b) into out
     [N, b - a, W, Cin] (computing them: GroupNorm, Resize); ``view(a, b)``, when given, returns
-    them without a copy (an input that exists). Padding rows hold the input zero point (real 0)."""
+    them without a copy (an input that exists). Padding rows hold the input zero point (real 0).
+
+    ``inplace``: the [N, H, W, Cin] buffer that ``rows``/``view`` read (a dying input), to hold
+    the output when it has the output's shape: each band's output waits in a small buffer until
+    the next band has run, by then no later band reads those input rows (bands of at least
+    (kh-1)*dh + 1 rows), so the output takes no memory of its own."""
     kh, dh, sh = conv.kernel[0], conv.dilations[0], conv.strides[0]
     pt, pb = pads_tb
     oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
     ow = conv.output_hw((kh - 1) * dh + 1, w)[1]
     c = conv.cin
-    y = np.empty((n, oh, ow, conv.cout), _I8)
     rows_in = max(1, BAND_INPUT_BYTES // max(1, n * w * c))
     band = max(1, (rows_in - (kh - 1) * dh - 1) // sh + 1)
+    if inplace is not None and inplace.dtype == _I8 and inplace.flags.c_contiguous and sh == 1:
+        if inplace.shape == (n, oh, ow, conv.cout) and band > (kh - 1) * dh:
+            return _run_banded_inplace(conv, rows, n, h, w, pads_tb, zero_point, pool, view, inplace, band)
+        # a 1x1-high kernel with no more output than input channels (a resnet's shortcut): output
+        # row r lands at or before input row r's bytes, which band k+1 no longer reads
+        if n == 1 and kh == 1 and (oh, ow) == (h, w) and conv.cout <= c:
+            y = inplace.reshape(-1)[:oh * ow * conv.cout].reshape(n, oh, ow, conv.cout)
+            return _run_banded_inplace(conv, rows, n, h, w, pads_tb, zero_point, pool, view, y, band)
+    y = np.empty((n, oh, ow, conv.cout), _I8)
     # one band buffer for every band (n == 1: its leading rows are contiguous): no allocator churn
     scratch = native.xnn_empty((n, (band - 1) * sh + (kh - 1) * dh + 1, w, c), _I8) if n == 1 else None
     for r0 in range(0, oh, band):
@@ -117,6 +130,43 @@ def run_banded(conv: native.XnnQConv2d, rows, n: int, h: int, w: int, pads_tb, z
     return y
 
 
+def _run_banded_inplace(conv, rows, n, h, w, pads_tb, zero_point, pool, view, y, band) -> np.ndarray:
+    """run_banded writing into the input's own buffer y (stride 1, output shape = input shape):
+    band k's output is stored once band k+1 has run; band k+2 reads from row r2 - pt on, which
+    is past band k's rows."""
+    kh, dh = conv.kernel[0], conv.dilations[0]
+    pt, pb = pads_tb
+    oh, c = y.shape[1], conv.cin
+    scratch = native.xnn_empty((n, band + (kh - 1) * dh, w, c), _I8)
+    pending = None                          # (r0, r1, output rows) not yet stored
+    spare = [np.empty((n, band, y.shape[2], conv.cout), _I8), np.empty((n, band, y.shape[2], conv.cout), _I8)]
+    for k, r0 in enumerate(range(0, oh, band)):
+        r1 = min(oh, r0 + band)
+        lo, hi = r0 - pt, r1 - 1 - pt + (kh - 1) * dh + 1
+        a, b = max(lo, 0), min(hi, h)
+        if view is not None and (a, b) == (lo, hi):
+            xb = np.ascontiguousarray(view(a, b))
+        else:
+            xb = scratch[:, :hi - lo] if n == 1 else native.xnn_empty((n, hi - lo, w, c), _I8)
+            if a > lo:
+                xb[:, :a - lo] = zero_point
+            if hi > b:
+                xb[:, b - lo:] = zero_point
+            if b > a:
+                rows(a, b, xb[:, a - lo:b - lo])
+        out = spare[k % 2][:, :r1 - r0]
+        if n == 1:
+            conv.run(xb, out, pool=pool)
+        else:
+            out[...] = conv.run(xb, pool=pool)
+        if pending is not None:
+            y[:, pending[0]:pending[1]] = pending[2]
+        pending = (r0, r1, out)
+    if pending is not None:
+        y[:, pending[0]:pending[1]] = pending[2]
+    return y
+
+
 def _indirection_bytes(conv: native.XnnQConv2d, h: int, w: int, n: int) -> int:
     oh, ow = conv.output_hw(h, w)
     return n * oh * ow * conv.kernel[0] * conv.kernel[1] * 8
@@ -132,7 +182,9 @@ class PreparedQConv:
         self.pads_tb = pads_tb          # (top, bottom) when banded
         self.nbytes = conv.nbytes
 
-    def run(self, x: np.ndarray, pool) -> np.ndarray:
+    def run(self, x: np.ndarray, pool, donated: bool = False) -> np.ndarray:
+        """``donated``: x dies here and nothing else shares its memory (the interpreter's _out),
+        so a banded run may write the output into it."""
         xb = _nhwc_i8(x)
         if self.pads_tb is None:
             return self.conv.run(xb, pool=pool).transpose(0, 3, 1, 2)
@@ -142,7 +194,9 @@ class PreparedQConv:
             out[...] = xb[:, a:b]
 
         view = (lambda a, b: xb[:, a:b]) if n == 1 else None
-        return run_banded(self.conv, copy_rows, n, h, w, self.pads_tb, self.x_q[1], pool, view).transpose(0, 3, 1, 2)
+        inplace = xb if donated and is_nhwc(x) and x.flags.writeable else None
+        return run_banded(self.conv, copy_rows, n, h, w, self.pads_tb, self.x_q[1], pool, view,
+                          inplace).transpose(0, 3, 1, 2)
 
     def close(self) -> None:
         self.conv.close()
@@ -221,13 +275,15 @@ def _prepare_qconv(w, ws, bias, x_q, y_q, group, strides, dilations, onnx_pads, 
 
 @op("QConv", domain=DOMAIN, backend="native")
 def QConv(x, x_scale, x_zp, w, w_scale, w_zp=None, b=None, b_scale=None, b_zp=None, y_scale=None, y_zp=None, *,
-          auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None, _ctx, _cache=None):
+          auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None, _ctx, _cache=None,
+          _out=None):
+    donated = _out is not None and _out is x
     prepared = None if _cache is None else _cache.entry
     if prepared is not None:
         if x.ndim != 4 or x.shape[1] != prepared.cin or x.dtype != _I8:
             raise ValueError(f"QConv: input {x.dtype}{list(x.shape)} does not fit the cached operator "
                              f"(int8, {prepared.cin} input channels)")
-        return prepared.run(x, _ctx.pool)
+        return prepared.run(x, _ctx.pool, donated)
     attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
                  strides=strides)
 
@@ -252,10 +308,13 @@ def QConv(x, x_scale, x_zp, w, w_scale, w_zp=None, b=None, b_scale=None, b_zp=No
     req = x_q[0] * ws / y_q[0]
     if bias is None or not (np.all(req >= native.QCONV_SCALE_RANGE[0]) and np.all(req < native.QCONV_SCALE_RANGE[1])):
         return reference()
-    p = _prepare_qconv(w, ws, bias, x_q, y_q, group, strides, dilations, onnx_pads, x.shape)
+    shrink = (donated and x.shape[0] == 1 and w.shape[2] == 1 and list(strides) == [1, 1] and not any(onnx_pads)
+              and w.shape[0] <= x.shape[1] and group == 1)
+    p = _prepare_qconv(w, ws, bias, x_q, y_q, group, strides, dilations, onnx_pads, x.shape,
+                       banded=True if shrink else None)
     inputs_present = _present(x, x_scale, x_zp, w, w_scale, w_zp, b, b_scale, b_zp, y_scale, y_zp)
     try:
-        y = p.run(x, _ctx.pool)
+        y = p.run(x, _ctx.pool, donated)
     except BaseException:
         p.close()
         raise
@@ -367,9 +426,10 @@ def _qgroup_norm(vals, qps, y_q, attrs, pool):
     return native.qgroup_norm_act(xc, aff[0], aff[1], groups, eps, qps[0], y_q, silu, pool=pool)
 
 
-def _qbinary(op_type, vals, qps, y_q, pool):
-    """Add / Mul of two int8 tensors on XNNPACK's qs8 kernels, in their common layout; None when
-    the layouts, ranks or scales do not allow it."""
+def _qbinary(op_type, vals, qps, y_q, pool, donor=None):
+    """Add / Mul of two int8 tensors on XNNPACK's qs8 kernels, in their common layout (into
+    ``donor``, a dying input of the output's shape, when given); None when the layouts, ranks or
+    scales do not allow it."""
     a, b = vals
     if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == _I8 and b.dtype == _I8
             and qps[0] is not None and qps[1] is not None and a.size and b.size):
@@ -377,7 +437,8 @@ def _qbinary(op_type, vals, qps, y_q, pool):
     if not native.qbinary_supported(op_type, float(qps[0][0]), float(qps[1][0]), float(y_q[0])):
         return None
     if a.shape == b.shape and is_nhwc(a) and is_nhwc(b):
-        out = nhwc_empty(a.shape, _I8)
+        same = donor is not None and (donor is a or donor is b) and donor.flags.writeable
+        out = donor if same else nhwc_empty(a.shape, _I8)
         native.xnn_qbinary(op_type, nhwc_buffer(a), nhwc_buffer(b), qps[0], qps[1], y_q, out=nhwc_buffer(out),
                            pool=pool)
         return out
@@ -463,7 +524,7 @@ def _qlut(fn, op_type, op_domain, vals, qps, y_q, pool):
 
 
 @op("QDQ", domain=DOMAIN, backend="native")
-def QDQ(*inputs, op_type, op_domain="", op_opset=1, op_attrs=None, qin=(), qout=1, _ctx):
+def QDQ(*inputs, op_type, op_domain="", op_opset=1, op_attrs=None, qin=(), qout=1, _ctx, _out=None):
     vals, qps, rest = qfused.unpack_inputs(list(inputs), qin)
     y_q = qfused.qparams(rest[0], rest[1]) if qout else None
     attrs = op_attrs or {}
@@ -472,7 +533,7 @@ def QDQ(*inputs, op_type, op_domain="", op_opset=1, op_attrs=None, qin=(), qout=
         if y is not None:
             return y
     if qout and op_domain == "" and op_type in ("Add", "Mul") and len(vals) == 2:
-        y = _qbinary(op_type, vals, qps, y_q, _ctx.pool)
+        y = _qbinary(op_type, vals, qps, y_q, _ctx.pool, _out)
         if y is not None:
             return y
     impl = lookup(op_type, op_opset, op_domain, "native")
@@ -549,9 +610,10 @@ def _resize_rows(fn, vals, qps, y_q, op_type, opset, attrs):
 
 @op("QPrologueConv", domain=DOMAIN, backend="native")
 def QPrologueConv(*inputs, prologue, n_prologue, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
-                  pads=None, strides=None, _ctx):
+                  pads=None, strides=None, _ctx, _out=None):
     """The convolution's input made one band of rows at a time by its prologue (GroupNorm(+SiLU)
-    or nearest Resize); any case the bands do not cover runs the two native ops in turn."""
+    or nearest Resize); any case the bands do not cover runs the two native ops in turn. A
+    GroupNorm's dying input of the output's shape (a resnet's second conv) holds the output."""
     pro, rest = list(inputs[:n_prologue]), list(inputs[n_prologue:])
     w, w_scale, w_zp, b, b_scale, b_zp, y_scale, y_zp = rest + [None] * (8 - len(rest))
     attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
@@ -593,6 +655,10 @@ def QPrologueConv(*inputs, prologue, n_prologue, auto_pad="NOTSET", dilations=No
     if bias is None or not (np.all(req >= native.QCONV_SCALE_RANGE[0]) and np.all(req < native.QCONV_SCALE_RANGE[1])):
         return unfused()
     p = _prepare_qconv(w, ws, bias, y_x, y_q, group_, strides_, dilations_, onnx_pads, shape, banded=True)
+    inplace = None
+    if (prologue["op_type"] == "GroupNorm" and _out is not None and _out is x0 and is_nhwc(x0)
+            and x0.flags.writeable):
+        inplace = nhwc_buffer(x0)           # what _gn_rows reads; each row read before it is overwritten
     with p.conv:
         n, _, h, wd = shape
-        return run_banded(p.conv, rows, n, h, wd, p.pads_tb, y_x[1], _ctx.pool).transpose(0, 3, 1, 2)
+        return run_banded(p.conv, rows, n, h, wd, p.pads_tb, y_x[1], _ctx.pool, None, inplace).transpose(0, 3, 1, 2)
