@@ -43,6 +43,7 @@ import numpy as np
 from weights_providers.format import WEIGHTS_FILE, WeightsWriter
 
 from .calibrate import METHODS, Calibration, calibrate, load_calibration_data, observe
+from .converter import quantize_weight_int8 as quantize_weight   # w8a32's weights: the same int8
 from .errors import ConversionError
 from .graph import GRAPH_FILE, Graph, Node, WeightDecl, read_graph, write_graph
 
@@ -54,7 +55,6 @@ QUANTIZED_OUTPUTS = {"Add", "Sub", "Mul", "Div", "Resize", "Concat", "InstanceNo
                      "GroupNorm", "LayerNorm", "Silu", "Gelu", "GeluMul", "Sigmoid", "Relu"}
 MIN_QUANT_ELEMENTS = 4096   # smaller elementwise outputs stay float: no memory to win, only error
 QMIN, QMAX = -128, 127
-WMAX = 127                  # symmetric weights use [-127, 127], so -w quantizes to -q
 MIN_OPSET = 13              # per-axis DequantizeLinear
 
 
@@ -96,20 +96,6 @@ def fake_quantize(x: np.ndarray, scale: float, zp: int) -> np.ndarray:
     """DequantizeLinear(QuantizeLinear(x)) in float32 (round half to even, saturate)."""
     q = np.clip(np.rint(x / np.float32(scale)) + zp, QMIN, QMAX)
     return ((q - zp) * np.float32(scale)).astype(np.float32)
-
-
-def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel symmetric int8 of w along ``axis``: (int8 q, float32 scale[w.shape[axis]]).
-    An all-zero channel gets scale 1 (its q is 0 either way)."""
-    w = np.asarray(w, dtype=np.float32)
-    axis = axis % w.ndim
-    other = tuple(i for i in range(w.ndim) if i != axis)
-    amax = np.max(np.abs(w), axis=other) if other else np.abs(w)
-    scale = np.where(amax > 0, amax / np.float32(WMAX), np.float32(1.0)).astype(np.float32)
-    shape = [1] * w.ndim
-    shape[axis] = -1
-    q = np.clip(np.rint(w / scale.reshape(shape)), -WMAX, WMAX).astype(np.int8)
-    return q, scale
 
 
 def nmse(ref: np.ndarray, x: np.ndarray) -> float:
