@@ -1308,3 +1308,24 @@ def lut_i8(x: np.ndarray, lut: np.ndarray, out: np.ndarray | None = None, *,
         _check(lib.osn_lut_i8(_pool_ptr(pool), out_ptr(out, "int8_t *"), ptr(x, "int8_t *"), ptr(lut, "int8_t *"),
                               x.size), what)
     return out
+
+
+# --- CRC-32 of downloaded tensors (HTTP provider; native/osn_crc32.h) -------------------------
+
+def crc32_fast() -> bool:
+    """Whether crc32 uses carry-less multiplication on this CPU (else zlib.crc32 is as fast)."""
+    return bool(lib.osn_crc32_fast())
+
+
+def crc32(data, crc: int = 0) -> int:
+    """zlib.crc32(data, crc) for any C-contiguous bytes-like object (numpy array, memoryview,
+    bytes), computed in C without a copy; the numpy-free twin is zlib.crc32."""
+    view = memoryview(data)
+    if not view.c_contiguous:
+        raise ValueError("crc32: data must be C-contiguous")
+    if not 0 <= int(crc) <= 0xFFFFFFFF:
+        raise ValueError(f"crc32: crc must be a 32-bit unsigned value, got {crc}")
+    if view.nbytes == 0:
+        return int(crc)
+    return int(lib.osn_crc32(ffi.cast("const uint8_t *", ffi.from_buffer(view.cast("B"), require_writable=False)),
+                             view.nbytes, int(crc)))

@@ -1,0 +1,139 @@
+"""Benchmark the HTTP weights provider against DiskPrefetch on one converted model (issue 7's bars).
+
+Serves the model directory with a private nginx on 127.0.0.1 (tests/nginx_server.py; the
+directory is symlinked into nginx's root, nothing copied), then runs the model in fresh
+processes: DiskPrefetch from the directory, Http from the URL, alternating, ``--runs`` runs
+each. Every child reports seconds per run, peak RSS (ru_maxrss: start-up, load and all runs),
+the bytes it wrote to storage during its runs (/proc/self/io write_bytes, after - before) and
+a SHA-256 of its outputs. Prints a Markdown table and the bars:
+  Http seconds per run <= 1.2x DiskPrefetch's, Http peak RSS <= DiskPrefetch's + 32 MiB,
+  outputs bitwise identical, 0 bytes written.
+
+    python3 scripts/bench_http.py [--model /work/synth/sd15/_bench/unet/converted]
+        [--inputs /work/synth/sd15/_bench/unet/inputs.npz] [--runs 2] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+BENCH = "/work/synth/sd15/_bench/unet"
+
+
+def written_bytes() -> int:
+    with open("/proc/self/io") as f:
+        for line in f:
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    return -1
+
+
+def child(args) -> None:
+    sys.path.insert(0, REPO)
+    import resource
+
+    import onnxstream_py  # noqa: F401  (before numpy: thread settings)
+    import numpy as np
+    from onnxstream_py import Model, RunOptions
+    from weights_providers import Http
+
+    feeds = dict(np.load(args.inputs))
+    opts = RunOptions(threads=args.threads)
+    t0 = time.perf_counter()
+    if args.provider == "http":
+        provider = Http(args.model, budget_bytes=opts.prefetch_bytes)
+    else:
+        provider = args.provider
+    model = Model(args.model, provider=provider, options=opts)
+    load_s = time.perf_counter() - t0
+    times = []
+    w0 = written_bytes()
+    for _ in range(args.runs):
+        t1 = time.perf_counter()
+        out = model.run(feeds)
+        times.append(time.perf_counter() - t1)
+    w1 = written_bytes()
+    digest = hashlib.sha256()
+    for name in sorted(out):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(out[name]).tobytes())
+    stats = getattr(model.provider, "stats", None)
+    model.close()
+    print(json.dumps({"provider": args.provider, "load_s": load_s, "run_s": times,
+                      "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                      "written": w1 - w0, "sha256": digest.hexdigest(), "stats": stats}))
+
+
+def run_child(model: str, provider: str, args) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--model", model, "--provider", provider,
+           "--inputs", args.inputs, "--runs", str(args.runs), "--threads", str(args.threads)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"child {provider} failed:\n{r.stderr}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=f"{BENCH}/converted")
+    ap.add_argument("--inputs", default=f"{BENCH}/inputs.npz")
+    ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=1, help="alternating disk/http child pairs")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--provider", default="prefetch", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from nginx_server import start_nginx, stop_nginx
+
+    model = os.path.abspath(args.model)
+    with tempfile.TemporaryDirectory(prefix="bench_http_") as tmp:
+        root, work = os.path.join(tmp, "root"), os.path.join(tmp, "nginx")
+        os.makedirs(root)
+        os.symlink(model, os.path.join(root, "m"))
+        proc, port = start_nginx(root, work)
+        url = f"http://127.0.0.1:{port}/m"
+        try:
+            results = {"prefetch": [], "http": []}
+            for _ in range(args.rounds):
+                results["prefetch"].append(run_child(model, "prefetch", args))
+                results["http"].append(run_child(url, "http", args))
+        finally:
+            stop_nginx(proc)
+
+    def best(rs, key):
+        return min(min(r["run_s"]) for r in rs) if key == "run" else max(r["peak_rss_kib"] for r in rs)
+
+    print(f"model {model}, {args.runs} runs per process, {args.rounds} process(es) each, "
+          f"{args.threads} threads\n")
+    print("| provider | load s | s per run (each) | best s/run | peak RSS MiB | bytes written | output sha256 |")
+    print("|---|---|---|---|---|---|---|")
+    for name, rs in results.items():
+        for r in rs:
+            print(f"| {'DiskPrefetch' if name == 'prefetch' else 'Http (nginx, 127.0.0.1)'} | {r['load_s']:.2f} | "
+                  f"{', '.join(f'{t:.2f}' for t in r['run_s'])} | {min(r['run_s']):.2f} | "
+                  f"{r['peak_rss_kib'] / 1024:.0f} | {r['written']} | {r['sha256'][:16]} |")
+    d_t, h_t = best(results["prefetch"], "run"), best(results["http"], "run")
+    d_m, h_m = best(results["prefetch"], "rss") / 1024, best(results["http"], "rss") / 1024
+    same = len({r["sha256"] for rs in results.values() for r in rs}) == 1
+    written = max(r["written"] for r in results["http"])
+    print(f"\nhttp stats: {results['http'][-1]['stats']}")
+    print(f"time ratio {h_t / d_t:.3f} (bar <= 1.2): {'PASS' if h_t <= 1.2 * d_t else 'FAIL'}")
+    print(f"peak RSS {h_m:.0f} vs {d_m:.0f} MiB, +{h_m - d_m:.1f} (bar <= +32): {'PASS' if h_m <= d_m + 32 else 'FAIL'}")
+    print(f"outputs bitwise identical: {'PASS' if same else 'FAIL'}")
+    print(f"bytes written during Http runs: {written} ({'PASS' if written == 0 else 'FAIL'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Start and stop a private nginx serving a directory on 127.0.0.1 (tests and scripts/bench_http.py).
+
+Runs as the current user with a generated configuration in ``work`` (no daemon, no master
+process, pid/log/temp paths in ``work``, a free port); nothing outside ``work`` is written.
+Needs Debian's ``nginx`` package (``bash scripts/setup.sh --test`` installs it).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_nginx(root, work) -> tuple[subprocess.Popen, int]:
+    """nginx serving ``root`` (static files, Range honoured, sendfile) on a free port: (process, port)."""
+    if NGINX is None:
+        raise RuntimeError("nginx is not installed (bash scripts/setup.sh --test)")
+    root, work = Path(root).resolve(), Path(work).resolve()
+    port = free_port()
+    for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (work / d).mkdir(parents=True, exist_ok=True)
+    conf = work / "nginx.conf"
+    conf.write_text(f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/client_body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    types {{ application/octet-stream bin; text/plain txt; application/json json; }}
+    default_type application/octet-stream;
+    sendfile on;
+    keepalive_requests 100000;
+    keepalive_timeout 60s;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+""")
+    proc = subprocess.Popen([NGINX, "-p", str(work), "-c", str(conf), "-e", str(work / "error.log")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t_end = time.monotonic() + 10
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"nginx exited with {proc.returncode}: "
+                               f"{proc.stderr.read().decode(errors='replace')}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            if time.monotonic() > t_end:
+                stop_nginx(proc)
+                raise RuntimeError("nginx did not start listening") from None
+            time.sleep(0.05)
+
+
+def stop_nginx(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
