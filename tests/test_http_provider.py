@@ -346,17 +346,14 @@ def test_sd_pipeline_over_http_is_bitwise_disk(served, tmp_path_factory):
     from onnxstream_py.sd import pipeline as pl
     from onnxstream_py.sd.cli import DEMO_EXPORT
     from onnxstream_py.sd.convert import convert_sd
-    from onnxstream_py.sd.tokenizer import CLIPTokenizer
     root, url = served
     if not (root / "sd").exists():
-        convert_sd(DEMO_EXPORT, str(root / "sd"), log=lambda m: None)
+        convert_sd(DEMO_EXPORT, str(root / "sd"), log=lambda m: None, w8a8_vae=None)
     params = pl.GenerationParams(prompt="a red fox in the snow", negative_prompt="ugly", steps=3, seed=7,
                                  width=64, height=48)
 
     def latents_and_image(path):
-        sd = pl.StableDiffusion(path, progress=False)
-        # the tokenizer reads its files from a local folder (sd/tokenizer.py takes no URL yet)
-        sd._tokenizer = CLIPTokenizer(str(root / "sd" / sd.manifest["tokenizer"]))
+        sd = pl.StableDiffusion(path, progress=False)      # tokenizer, scheduler and networks over HTTP
         cond, uncond = sd.encode_prompts(params.prompt, params.negative_prompt)
         z = sd.denoise(cond, uncond, params)
         return z, sd.decode(z)

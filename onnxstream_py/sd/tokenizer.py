@@ -151,6 +151,35 @@ def pre_tokenize(text: str, specials: tuple[str, ...], ignore_case: bool = True)
     return out
 
 
+def _join(folder: str, name: str) -> str:
+    from weights_providers import http
+    return http.join_url(folder, name) if http.is_url(folder) else os.path.join(folder, name)
+
+
+def _reader(folder: str):
+    """name -> the file's text, or None when the folder (a directory, or an http(s):// URL of
+    one: the pipeline run from a web server) has no such file."""
+    from weights_providers import http
+    from weights_providers.format import WeightsError
+    if http.is_url(folder):
+        def read(name):
+            try:
+                return http.fetch_text(http.join_url(folder, name))
+            except WeightsError as e:
+                if ": HTTP 404" in str(e):      # an optional file the folder does not have
+                    return None
+                raise
+        return read
+
+    def read_local(name):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    return read_local
+
+
 def _special_content(value, default: str) -> str:
     """A token in a tokenizer config: a plain string or an AddedToken dict {"content": ...}."""
     if value is None:
@@ -170,16 +199,16 @@ class CLIPTokenizer:
                              f"what diffusers uses with transformers 4.x) or 'fast', got {mode!r}")
         self.mode = mode
         self.folder = folder
-        vocab_path = os.path.join(folder, "vocab.json")
-        merges_path = os.path.join(folder, "merges.txt")
-        for p in (vocab_path, merges_path):
-            if not os.path.isfile(p):
-                raise FileNotFoundError(f"CLIPTokenizer: {p} not found (expected a diffusers tokenizer/ folder)")
-        with open(vocab_path, encoding="utf-8") as f:
-            self.encoder: dict[str, int] = json.load(f)
-        with open(merges_path, encoding="utf-8") as f:
-            # Same slice as CLIP and transformers: skip the '#version' line, at most 48894 merges.
-            lines = f.read().strip().split("\n")[1:49152 - 256 - 2 + 1]
+        read = _reader(folder)
+        vocab_text, merges_text = read("vocab.json"), read("merges.txt")
+        for name, text in (("vocab.json", vocab_text), ("merges.txt", merges_text)):
+            if text is None:
+                raise FileNotFoundError(f"CLIPTokenizer: {_join(folder, name)} not found "
+                                        f"(expected a diffusers tokenizer/ folder)")
+        self.encoder: dict[str, int] = json.loads(vocab_text)
+        # Same slice as CLIP and transformers: skip the '#version' line, at most 48894 merges.
+        lines = merges_text.strip().split("\n")[1:49152 - 256 - 2 + 1]
+        del vocab_text, merges_text
         # Keyed by the merge line "a b" itself, not by a tuple: 8 MiB instead of 19 for CLIP's 48894 merges
         # (the pipeline's RSS budget); byte-mapped symbols never contain a space.
         self.bpe_ranks = {" ".join(m.split()): r for r, m in enumerate(lines)}
@@ -188,10 +217,9 @@ class CLIPTokenizer:
         config = {}
         # special_tokens_map.json overrides tokenizer_config.json, as in transformers' from_pretrained
         for name in ("tokenizer_config.json", "special_tokens_map.json"):
-            path = os.path.join(folder, name)
-            if os.path.isfile(path):
-                with open(path, encoding="utf-8") as f:
-                    config.update({k: v for k, v in json.load(f).items() if v is not None})
+            text = read(name)
+            if text is not None:
+                config.update({k: v for k, v in json.loads(text).items() if v is not None})
         self.bos_token = _special_content(config.get("bos_token"), BOS_DEFAULT)
         self.eos_token = _special_content(config.get("eos_token"), EOS_DEFAULT)
         self.unk_token = _special_content(config.get("unk_token"), EOS_DEFAULT)
