@@ -38,7 +38,9 @@ DEFAULT_SCALING_FACTOR = 0.18215     # SD 1.x/2.x VAE; a vae_decoder/config.json
 # i.e. ~0.185 MiB per latent pixel above a ~40 MiB base; a 32x32 tile after the full pipeline's
 # UNet stage took the process from 66 to 287 MiB (0.215). Used, with that margin, for the tile.
 VAE_MIB_PER_LATENT_PX = 0.22
-VAE_W8A8_MIB_PER_LATENT_PX = 0.05
+# the W8A8 decoder (int8 activations, banded convs): 177 MiB whole at 64x64 latents in a fresh
+# process (~45 MiB of it the interpreter), ~0.032 MiB per latent pixel; with a margin:
+VAE_W8A8_MIB_PER_LATENT_PX = 0.035
 TILE_OVERLAP = 8                     # latent pixels shared by neighbouring tiles (64 image px)
 # The whole process's budget when none is given: the bar for 512x512 (a whole FP32
 # decode at 512x512 peaks near 800 MiB, so it is tiled); --rpi: 256 MiB. max_memory=0: no budget.
