@@ -59,6 +59,8 @@ def child(args) -> None:
     if args.child == "onnxstream":
         sd = pl.StableDiffusion(args.models_path, **kw)
     else:
+        if args.max_memory is None:
+            kw.pop("max_memory")        # onnxruntime: whole decode (it holds every network whole anyway)
         sd = pl.OrtStableDiffusion(args.models_path, export_dir=args.export, **kw)
     params = pl.GenerationParams(PROMPT, NEGATIVE, args.steps, 7.5, args.sampler, False, args.seed, args.size,
                                  args.size)
@@ -100,7 +102,7 @@ def main(argv=None) -> int:
         if not args.skip_ort:
             ref = run_child("onnxruntime", args, os.path.join(d, "ref.npy"))
             want = np.load(os.path.join(d, "ref.npy"))
-    mode = "rpi" if args.rpi else (args.provider or "prefetch")
+    mode = "rpi" if args.rpi else (args.provider or "nocache")
     print(f"SD pipeline {args.size}x{args.size}, {args.steps} steps {args.sampler}, {args.threads} threads, "
           f"mode {mode}{', CFG separate' if args.cfg_separate else ''}")
     row = lambda n, r: (f"  {n:<12} text encoder {r['text_encoder']:7.2f} s  UNet {r['unet']:8.2f} s  "  # noqa: E731

@@ -391,6 +391,8 @@ class OrtStableDiffusion(StableDiffusion):
     export_dir): the reference of scripts/bench_sd.py and the tests."""
 
     def __init__(self, path: str, export_dir: str | None = None, **kwargs):
+        # onnxruntime holds whole networks anyway: no memory budget, so no tiles (unless asked)
+        kwargs.setdefault("max_memory", 0)
         super().__init__(path, **kwargs)
         self.export_dir = export_dir or self.manifest["source"]
 
