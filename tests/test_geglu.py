@@ -145,6 +145,19 @@ def test_streamed_chunked_weight_takes_the_unfused_path(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+def test_streamed_chunked_weight_smaller_than_the_projection_is_read_whole(tmp_path):
+    """A chunked weight with fewer bytes than the projection (many tokens) is read whole and
+    the rows are blocked as usual; same output as onnxruntime."""
+    model = geglu_model(form="slice", k=64, h=40)
+    x = rand_f32((1, 300, 64), seed=7)
+    want = _ort(model, {"x": x})
+    convert_model_proto(model, str(tmp_path / "m"))
+    opts = onnxstream_py.RunOptions(backend="native", max_weight_chunk_bytes=4096)
+    with onnxstream_py.Model(str(tmp_path / "m"), provider="nocache", options=opts) as m:
+        got = m.run({"x": x})["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 def test_geglu_halves_rules():
     s = np.array
     assert fused.geglu_halves(3, 8, (s([0]), s([4]), s([-1]), None), (s([4]), s([1 << 40]), s([2]), None)) == 4
