@@ -36,7 +36,7 @@ def test_trimmer_policy(monkeypatch):
 
 
 def test_trim_option_and_glibc():
-    assert onnxstream_py.RunOptions().malloc_trim_slack_bytes == 48 * MiB
+    assert onnxstream_py.RunOptions().malloc_trim_slack_bytes == 24 * MiB
     onnxstream_py.RunOptions(malloc_trim_slack_bytes=None)
     with pytest.raises(ValueError, match="malloc_trim_slack_bytes"):
         onnxstream_py.RunOptions(malloc_trim_slack_bytes=-1)
