@@ -181,3 +181,22 @@ def test_options_validation():
     onnxstream_py.RunOptions(activation_storage="fp16")
     with pytest.raises(ValueError, match="activation_storage"):
         onnxstream_py.RunOptions(activation_storage="bf16")
+
+
+def test_fp16_stored_weights_chunk_within_the_budget_stored_plus_widened():
+    """An fp16-storage weight holds its float16 chunk and the widened float32 chunk at once:
+    its chunks are sized so that both fit max_weight_chunk_bytes (2/3 of it in float32), and a
+    weight is chunked from that size on."""
+    _, model, feeds, wname = _cases()[0]
+    w_rows = 37
+    row_f32 = 19 * 3 * 3 * 4
+    budget = 12 * row_f32                      # 12 float32 rows; with float16 beside them: 8
+    want, _ = _run(model, feeds, 0)
+    from onnxstream_py import kernel_choice
+    with kernel_choice.forced("xnnpack"):          # BLAS chunks are twice as large (one copy only)
+        got, prov = _run(model, feeds, budget, fp16=True)
+        _, prov32 = _run(model, feeds, budget)
+    spans = [r1 - r0 for name, r0, r1 in prov.ranges if name == wname]
+    assert spans and max(spans) == 8 and sum(spans) == w_rows
+    assert max(r1 - r0 for name, r0, r1 in prov32.ranges if name == wname) == 12
+    np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
