@@ -33,18 +33,9 @@ FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"
                        "clip_merges.txt.gz")
 WHEEL_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
 
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable character map (the order defines ids 0..255)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
+# the tokenizer's own byte table (pure Python; importing it needs no compiled extension)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from onnxstream_py.sd.tokenizer import bytes_to_unicode  # noqa: E402
 
 
 def read_merges(source: str) -> list[str]:

@@ -132,24 +132,13 @@ def test_native_op_matches_twin_and_caches_its_operator(tmp_path):
     np.testing.assert_array_equal(second, first)
 
 
-def test_streamed_chunked_weight_takes_the_unfused_path(tmp_path):
-    """With DiskNoCache a weight above max_weight_chunk_bytes arrives in row chunks; the op
-    then computes the projection chunk by chunk (native MatMul) and splits it."""
+@pytest.mark.parametrize("tokens", [11, 300])
+def test_streamed_chunked_weight(tmp_path, tokens):
+    """With DiskNoCache a weight above max_weight_chunk_bytes arrives in row chunks. With few
+    tokens (a weight larger than its projection) the op computes the projection chunk by chunk
+    (native MatMul) and splits it; with many, it reads the weight whole and blocks the rows."""
     model = geglu_model(form="slice", k=64, h=40)
-    x = rand_f32((1, 11, 64), seed=6)
-    want = _ort(model, {"x": x})
-    convert_model_proto(model, str(tmp_path / "m"))
-    opts = onnxstream_py.RunOptions(backend="native", max_weight_chunk_bytes=4096)
-    with onnxstream_py.Model(str(tmp_path / "m"), provider="nocache", options=opts) as m:
-        got = m.run({"x": x})["y"]
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
-
-
-def test_streamed_chunked_weight_smaller_than_the_projection_is_read_whole(tmp_path):
-    """A chunked weight with fewer bytes than the projection (many tokens) is read whole and
-    the rows are blocked as usual; same output as onnxruntime."""
-    model = geglu_model(form="slice", k=64, h=40)
-    x = rand_f32((1, 300, 64), seed=7)
+    x = rand_f32((1, tokens, 64), seed=tokens)
     want = _ort(model, {"x": x})
     convert_model_proto(model, str(tmp_path / "m"))
     opts = onnxstream_py.RunOptions(backend="native", max_weight_chunk_bytes=4096)
