@@ -111,23 +111,30 @@ def run_banded(conv: native.XnnQConv2d, rows, n: int, h: int, w: int, pads_tb, z
     for r0 in range(0, oh, band):
         r1 = min(oh, r0 + band)
         lo, hi = r0 * sh - pt, (r1 - 1) * sh - pt + (kh - 1) * dh + 1
-        a, b = max(lo, 0), min(hi, h)
-        if view is not None and (a, b) == (lo, hi):
-            xb = view(a, b)
-        else:
-            xb = scratch[:, :hi - lo] if scratch is not None else native.xnn_empty((n, hi - lo, w, c), _I8)
-            if a > lo:
-                xb[:, :a - lo] = zero_point
-            if hi > b:
-                xb[:, b - lo:] = zero_point
-            if b > a:
-                rows(a, b, xb[:, a - lo:b - lo])
+        xb = _band_input(lo, hi, h, n, w, c, rows, view, scratch, zero_point)
         if n == 1:
             conv.run(xb, y[:, r0:r1], pool=pool)
         else:
             y[:, r0:r1] = conv.run(xb, pool=pool)
         del xb
     return y
+
+
+def _band_input(lo, hi, h, n, w, c, rows, view, scratch, zero_point, copy_view=False) -> np.ndarray:
+    """Input rows [lo, hi) of one band, [n, hi - lo, w, c] int8: a view of the input when it has
+    them all (copied when the band's output may overwrite them), else the rows inside [0, h)
+    written by ``rows`` into ``scratch`` (or a new buffer) and the padding rows set to the zero point."""
+    a, b = max(lo, 0), min(hi, h)
+    if view is not None and (a, b) == (lo, hi):
+        return np.ascontiguousarray(view(a, b)) if copy_view else view(a, b)
+    xb = scratch[:, :hi - lo] if scratch is not None else native.xnn_empty((n, hi - lo, w, c), _I8)
+    if a > lo:
+        xb[:, :a - lo] = zero_point
+    if hi > b:
+        xb[:, b - lo:] = zero_point
+    if b > a:
+        rows(a, b, xb[:, a - lo:b - lo])
+    return xb
 
 
 def _run_banded_inplace(conv, rows, n, h, w, pads_tb, zero_point, pool, view, y, band) -> np.ndarray:
@@ -143,17 +150,7 @@ def _run_banded_inplace(conv, rows, n, h, w, pads_tb, zero_point, pool, view, y,
     for k, r0 in enumerate(range(0, oh, band)):
         r1 = min(oh, r0 + band)
         lo, hi = r0 - pt, r1 - 1 - pt + (kh - 1) * dh + 1
-        a, b = max(lo, 0), min(hi, h)
-        if view is not None and (a, b) == (lo, hi):
-            xb = np.ascontiguousarray(view(a, b))
-        else:
-            xb = scratch[:, :hi - lo] if n == 1 else native.xnn_empty((n, hi - lo, w, c), _I8)
-            if a > lo:
-                xb[:, :a - lo] = zero_point
-            if hi > b:
-                xb[:, b - lo:] = zero_point
-            if b > a:
-                rows(a, b, xb[:, a - lo:b - lo])
+        xb = _band_input(lo, hi, h, n, w, c, rows, view, scratch if n == 1 else None, zero_point, copy_view=True)
         out = spare[k % 2][:, :r1 - r0]
         if n == 1:
             conv.run(xb, out, pool=pool)
