@@ -338,6 +338,17 @@ class _Client:
 
     # --- retried operations -----------------------------------------------------------------
 
+    def _back_off(self, url: str, what: str, attempt: int, err: _Retry, t_end: float) -> None:
+        """After failed attempt ``attempt``: count the cause, then sleep before the next one, or
+        raise the one clear WeightsError when the retry budget or the deadline is spent."""
+        self._note(str(err))
+        if attempt >= self.retries:
+            raise WeightsError(f"{url}: {what}: gave up after {attempt + 1} attempts; last cause: {err}") from None
+        try:
+            self._sleep_before_retry(attempt, err, t_end)
+        except _Retry as late:
+            raise WeightsError(f"{url}: {what}: {late}") from None
+
     def _sleep_before_retry(self, attempt: int, err: _Retry, t_end: float) -> None:
         if err.retry_after is not None:
             delay = min(err.retry_after, self.retry_after_cap)
@@ -381,14 +392,7 @@ class _Client:
                 raise WeightsError(f"{url}: {what}: {e}") from None
             except _Retry as e:
                 got += e.got
-                self._note(str(e))
-                if attempt >= self.retries:
-                    raise WeightsError(f"{url}: {what}: gave up after {attempt + 1} attempts; "
-                                       f"last cause: {e}") from None
-                try:
-                    self._sleep_before_retry(attempt, e, t_end)
-                except _Retry as late:
-                    raise WeightsError(f"{url}: {what}: {late}") from None
+                self._back_off(url, what, attempt, e, t_end)
                 attempt += 1
 
     def fetch_text(self, url: str, what: str) -> bytes:
@@ -412,14 +416,7 @@ class _Client:
             except _Fatal as e:
                 raise WeightsError(f"{url}: {what}: {e}") from None
             except _Retry as e:
-                self._note(str(e))
-                if attempt >= self.retries:
-                    raise WeightsError(f"{url}: {what}: gave up after {attempt + 1} attempts; "
-                                       f"last cause: {e}") from None
-                try:
-                    self._sleep_before_retry(attempt, e, t_end)
-                except _Retry as late:
-                    raise WeightsError(f"{url}: {what}: {late}") from None
+                self._back_off(url, what, attempt, e, t_end)
                 attempt += 1
 
     file_size: int | None = None
