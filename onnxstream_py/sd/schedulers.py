@@ -130,6 +130,8 @@ class Scheduler:
         self.betas = _betas(c["num_train_timesteps"], c["beta_start"], c["beta_end"], c["beta_schedule"],
                             c.get("trained_betas"))
         self.alphas_cumprod = np.cumprod(F32(1.0) - self.betas).astype(F32)  # sequential float32, like torch
+        if "set_alpha_to_one" in self.DEFAULTS:   # DDIM, LCM: the alpha product "before" step 0
+            self.final_alpha_cumprod = F32(1.0) if c["set_alpha_to_one"] else self.alphas_cumprod[0]
         self.num_inference_steps = None
         self.timesteps = None
         self._step_index = None
@@ -288,10 +290,6 @@ class DDIM(Scheduler):
                     clip_sample_range=1.0, sample_max_value=1.0, timestep_spacing="leading",
                     rescale_betas_zero_snr=False, eta=0.0)
     init_noise_sigma = F32(1.0)
-
-    def __init__(self, **config):
-        super().__init__(**config)
-        self.final_alpha_cumprod = F32(1.0) if self.config["set_alpha_to_one"] else self.alphas_cumprod[0]
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         n = self._validate_steps(num_inference_steps)
@@ -455,10 +453,6 @@ class LCM(Scheduler):
                     dynamic_thresholding_ratio=0.995, sample_max_value=1.0, timestep_spacing="leading",
                     timestep_scaling=10.0, rescale_betas_zero_snr=False)
     init_noise_sigma = F32(1.0)
-
-    def __init__(self, **config):
-        super().__init__(**config)
-        self.final_alpha_cumprod = F32(1.0) if self.config["set_alpha_to_one"] else self.alphas_cumprod[0]
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         n = self._validate_steps(num_inference_steps)
