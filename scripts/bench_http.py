@@ -11,6 +11,11 @@ a SHA-256 of its outputs. Prints a Markdown table and the bars:
 
     python3 scripts/bench_http.py [--model /work/synth/sd15/_bench/unet/converted]
         [--inputs /work/synth/sd15/_bench/unet/inputs.npz] [--runs 2] [--threads 2]
+
+``--download``: no compute; fetch every tensor of the model in file order, ``--runs`` passes
+per variant (the first one dropped), alternating variants in one process: Http with and
+without reusing dropped mappings (``keep`` 2 / 0) and with 1 or 2 parallel ranges per big
+tensor. Prints wall seconds and CPU seconds (this process, nginx) per pass.
 """
 from __future__ import annotations
 
@@ -72,6 +77,58 @@ def child(args) -> None:
                       "written": w1 - w0, "sha256": digest.hexdigest(), "stats": stats}))
 
 
+def download_passes(url: str, runs: int) -> None:
+    """Wall and CPU seconds of fetching every tensor, per Http variant (see --download)."""
+    import resource
+
+    from weights_providers import Http
+
+    def nginx_cpu() -> float:
+        total = 0.0
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"nginx" not in f.read():
+                        continue
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except OSError:
+                pass
+        return total
+
+    variants = {f"keep {keep}, parallel {par}": (keep, par) for keep in (0, 2) for par in (1, 2)}
+    providers = {}
+    for name, (keep, par) in variants.items():
+        h = Http(url, budget_bytes=0, parallel=par)
+        h._mappings.keep = keep
+        providers[name] = h
+    names = [e.name for e in sorted(h.index.entries.values(), key=lambda e: e.offset)]
+    nbytes = sum(e.nbytes for e in h.index.entries.values())
+    for h in providers.values():
+        h.plan(names)
+    results = {name: [] for name in providers}
+    for _ in range(max(2, runs)):
+        for name, h in providers.items():
+            r0, n0, t0 = resource.getrusage(resource.RUSAGE_SELF), nginx_cpu(), time.perf_counter()
+            for n in names:
+                h.get(n)      # dropped at once, as the engine drops a weight after its op
+            wall = time.perf_counter() - t0
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            ours = r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
+            results[name].append((wall, ours, nginx_cpu() - n0))
+            h.restart()
+    for h in providers.values():
+        h.close()
+    print(f"{nbytes / 1e9:.2f} GB per pass, {max(2, runs) - 1} passes per variant after one dropped\n")
+    print("| Http variant | wall s per pass (min-max) | CPU s, this process | CPU s, nginx |")
+    print("|---|---|---|---|")
+    for name, rs in results.items():
+        rs = rs[1:]
+        print(f"| {name} | {min(r[0] for r in rs):.2f}-{max(r[0] for r in rs):.2f} | "
+              f"{sum(r[1] for r in rs) / len(rs):.2f} | {sum(r[2] for r in rs) / len(rs):.2f} |")
+
+
 def run_child(model: str, provider: str, args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--model", model, "--provider", provider,
            "--inputs", args.inputs, "--runs", str(args.runs), "--threads", str(args.threads)]
@@ -88,6 +145,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=1, help="alternating disk/http child pairs")
+    ap.add_argument("--download", action="store_true", help="fetch passes only, no compute (see above)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--provider", default="prefetch", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -104,6 +162,11 @@ def main() -> None:
         os.symlink(model, os.path.join(root, "m"))
         proc, port = start_nginx(root, work)
         url = f"http://127.0.0.1:{port}/m"
+        if args.download:
+            try:
+                return download_passes(url, args.runs)
+            finally:
+                stop_nginx(proc)
         try:
             results = {"prefetch": [], "http": []}
             for _ in range(args.rounds):

@@ -33,3 +33,14 @@ def test_crc32_bad_input():
         native.crc32(np.zeros((4, 4), np.uint8)[:, ::2])
     with pytest.raises(ValueError, match="32-bit"):
         native.crc32(b"abc", -1)
+
+
+@pytest.mark.parametrize("len_b", [0, 1, 3, 4, 15, 64, 4099, 1 << 20, (1 << 20) + 7])
+def test_crc32_combine_matches_zlib_of_the_concatenation(len_b):
+    """The CRC of a tensor fetched as parallel ranges, from the ranges' CRCs (weights_providers.http)."""
+    from weights_providers.http import crc32_combine
+    rng = np.random.default_rng(len_b)
+    for len_a in (0, 1, 77, 5000):
+        a = rng.integers(0, 256, len_a, dtype=np.uint8).tobytes()
+        b = rng.integers(0, 256, len_b, dtype=np.uint8).tobytes()
+        assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b), (len_a, len_b)

@@ -137,6 +137,51 @@ def test_provider_instance_merges_adjacent_tensors_and_reuses_connections(served
         assert h.index.header_bytes == d.index.header_bytes
 
 
+@pytest.mark.parametrize("parallel", [1, 2, 3])
+def test_big_tensors_as_parallel_ranges_are_bitwise(served, parallel):
+    """A tensor of >= 2 x PART_BYTES arrives as up to ``parallel`` ranges at once (one request
+    each), checked against its one CRC-32 by combining the ranges' CRCs."""
+    from weights_providers.http import PART_BYTES, _split
+    _, url = served
+    blobs = make_blobs()
+    with Http(f"{url}/blobs", budget_bytes=0, parallel=parallel) as h:
+        for name in ("big", "big2", "t4099"):
+            before = h.stats["requests"]
+            assert h.get(name).tobytes() == blobs[name].tobytes(), name
+            parts = _split(blobs[name].nbytes, parallel)
+            assert h.stats["requests"] - before == len(parts)
+            assert len(parts) == (min(parallel, blobs[name].nbytes // PART_BYTES) if name != "t4099" else 1)
+        assert not h.stats["failures"]
+
+
+def test_split_covers_the_range_in_piece_aligned_parts():
+    from weights_providers.http import PART_BYTES, PIECE, _split
+    for n in (0, 1, PART_BYTES, 2 * PART_BYTES - 1, 2 * PART_BYTES, 6 * PART_BYTES + 5, 123456789):
+        for k in (1, 2, 3, 4):
+            parts = _split(n, k)
+            assert sum(b - a for a, b in parts) == n and all(a < b for a, b in parts)
+            assert all(parts[i][1] == parts[i + 1][0] for i in range(len(parts) - 1))
+            assert all(a % PIECE == 0 for a, _ in parts)
+            assert len(parts) <= max(1, k) and (len(parts) == 1 or all(b - a >= PART_BYTES - PIECE for a, b in parts))
+
+
+def test_dropped_downloads_are_reused_and_held_ones_never_touched(served):
+    """The mapping of a tensor the caller dropped receives a later download (no fresh,
+    kernel-zeroed pages); one the caller still holds is never written to."""
+    _, url = served
+    blobs = make_blobs()
+    with Http(f"{url}/blobs", budget_bytes=0) as h:
+        held = h.get("big")                       # kept for the whole test
+        for _ in range(3):
+            for name in ("big2", "big", "big2"):
+                a = h.get(name)
+                assert a.tobytes() == blobs[name].tobytes()
+                del a                             # the last view dies: its mapping is kept
+        assert h.stats["buffers_reused"] >= 4, h.stats
+        assert held.tobytes() == blobs["big"].tobytes()
+        assert not held.flags.writeable
+
+
 def test_weights_url_and_errors_for_missing_things(served):
     _, url = served
     with Http(f"{url}/conv/{WEIGHTS_FILE}") as h:
@@ -167,14 +212,16 @@ def test_fault_proxy_ten_runs_identical(served, disk_unet):
     assert sum(p.stats["failures"].values()) >= sum(faults.values()) - 2   # (a last stall may be unread)
 
 
-@pytest.mark.parametrize("budget", [0, 8 << 20])
-def test_faults_in_big_tensors_resume_and_verify(served, budget):
-    """Every fault kind on multi-MiB bodies: drops and stalls resume the missing bytes."""
+@pytest.mark.parametrize("budget, parallel", [(0, 1), (8 << 20, 1), (0, 2), (8 << 20, 3)])
+def test_faults_in_big_tensors_resume_and_verify(served, budget, parallel):
+    """Every fault kind on multi-MiB bodies: drops and stalls resume the missing bytes; with
+    parallel ranges each part resumes on its own and a corrupted one re-fetches the tensor."""
     _, url = served
     blobs = make_blobs()
     order = list(blobs) * 3
     with FaultProxy(int(url.rsplit(":", 1)[1]), seed=5, rate=0.3, stall_seconds=1.0) as proxy:
-        with Http(f"{proxy.url}/blobs", budget_bytes=budget, merge_bytes=64 * 1024, **FAST) as h:
+        with Http(f"{proxy.url}/blobs", budget_bytes=budget, merge_bytes=64 * 1024, parallel=parallel,
+                  connections=parallel + 1, **FAST) as h:
             h.plan(order)
             for run in range(3):
                 h.restart()

@@ -9,11 +9,13 @@ DiskPrefetch). Small tensors that sit next to each other in the file (the conver
 them in first-use order) are fetched in one request of at most ``merge_bytes``.
 
 Trade-offs and rules:
-  * Memory: what DiskPrefetch holds (the read-ahead budget), plus one merged span. A
-    downloaded tensor is anonymous memory, not page cache: it is freed when the engine
-    drops it, so nothing accumulates and nothing touches the disk.
+  * Memory: what DiskPrefetch holds (the read-ahead budget), plus one merged span, plus at
+    most two mappings of tensors the engine dropped, kept briefly to receive the next
+    downloads (_Mappings: fresh pages cost a kernel zeroing pass). A downloaded tensor is
+    anonymous memory, not page cache: nothing accumulates and nothing touches the disk.
   * Integrity: every tensor's CRC-32 is checked on every fetch (the network is not the
-    page cache; ``verify="never"`` turns it off). A mismatch is a retry, never an output.
+    page cache; ``verify="never"`` turns it off), computed piece by piece as the bytes
+    arrive; a tensor fetched as parallel ranges combines its ranges' CRCs (crc32_combine). A mismatch is a retry, never an output.
     The text parts (the index, graph.txt) have no checksum, so they are fetched twice
     and must agree byte for byte (``fetch_text``): a corrupting path cannot slip a wrong
     offset or attribute past us; this costs one extra small request per file.
@@ -51,7 +53,9 @@ import socket
 import ssl
 import threading
 import time
+import weakref
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 from urllib.parse import urljoin, urlsplit
 
@@ -64,10 +68,12 @@ from .tensorfile import verify_mode
 
 MiB = 1 << 20
 PIECE = MiB                 # bytes per socket read: the deadline is checked between pieces
+MAX_IDLE_ALLOCATIONS = 8    # a dropped download's mapping waits this many downloads for reuse
+PART_BYTES = 2 * MiB        # a tensor is fetched as parallel ranges of at least this many bytes
 HEAD_GUESS = ALIGN * 64     # first range of weights.bin: most indexes fit; grown when not
 MAX_TEXT_BYTES = 1 << 30    # graph.txt larger than this is refused (a wrong URL, not a graph)
 MAX_REDIRECTS = 5
-MMAP_MIN_BYTES = 1 << 16    # downloads at least this big get their own mapping (_aligned_empty)
+MMAP_MIN_BYTES = 1 << 16    # downloads at least this big get their own mapping (_Mappings)
 PAGE = mmap.PAGESIZE
 
 
@@ -81,6 +87,39 @@ def _crc32_function():
     except Exception:  # noqa: BLE001  extension not built / other platform: zlib is the twin
         pass
     return zlib.crc32
+
+
+_CRC_POLY = 0xEDB88320     # CRC-32's polynomial, reflected (bit 31 is x^0)
+
+
+def _gf2_mul(a: int, b: int) -> int:
+    """a * b modulo CRC-32's polynomial, both in the reflected bit order."""
+    product = 0
+    for i in range(32):
+        if a & (0x80000000 >> i):      # the coefficient of x^i in a
+            product ^= b
+        b = (b >> 1) ^ _CRC_POLY if b & 1 else b >> 1   # b *= x
+    return product
+
+
+_X_POW = [0x00800000]      # x^(8 * 2^k) mod P for k = 0..63: x^8, then repeated squares
+for _k in range(63):
+    _X_POW.append(_gf2_mul(_X_POW[-1], _X_POW[-1]))
+
+
+def crc32_combine(crc_a: int, crc_b: int, len_b: int) -> int:
+    """zlib.crc32(a + b) from zlib.crc32(a), zlib.crc32(b) and len(b), without the bytes.
+
+    The register after ``a`` runs on through ``b``: crc(a + b) = crc(a) * x^(8 len_b) + crc(b)
+    over GF(2) modulo the polynomial (zlib's pre- and post-inversion cancel). A tensor fetched
+    as parallel ranges is checked against its one CRC this way."""
+    k = 0
+    while len_b:
+        if len_b & 1:
+            crc_a = _gf2_mul(crc_a, _X_POW[k])
+        len_b >>= 1
+        k += 1
+    return crc_a ^ crc_b
 
 
 def is_url(path) -> bool:
@@ -144,6 +183,7 @@ class _Client:
         self._ssl: ssl.SSLContext | None = None
         self._rng = random.Random(seed)
         self._closed = False
+        self.crc32 = _crc32_function()
         # statistics (tests, benchmarks)
         self.requests = 0
         self.failures: dict[str, int] = {}
@@ -199,9 +239,10 @@ class _Client:
         return h
 
     def _attempt(self, url: str, first: int, dest: memoryview | None, t_end: float,
-                 redirects: list) -> tuple[int, bytes | None]:
+                 redirects: list, crc: list | None = None) -> tuple[int, bytes | None]:
         """One GET. With ``dest``: bytes [first, first+len(dest)) into dest, returns how many
-        arrived (fewer on a short body). Without: the whole body (graph.txt), returns (n, body)."""
+        arrived (fewer on a short body), continuing the running CRC-32 in ``crc[0]`` (if given)
+        over them. Without: the whole body (graph.txt), returns (n, body)."""
         key = self._key(url)
         remaining = t_end - time.monotonic()
         if remaining <= 0:
@@ -256,7 +297,7 @@ class _Client:
                     raise _Retry(f"Content-Range starts at {start}, asked for {first}")
                 if total is not None:
                     self.file_size = total
-                got = self._read_into(resp, dest, t_end)
+                got = self._read_into(resp, dest, t_end, crc)
                 reusable = got == want and not resp.will_close and resp.isclosed()
                 return got, None
             if status == 200:
@@ -268,7 +309,7 @@ class _Client:
                     self.file_size = int(length)
                 if not self._skip(resp, first, t_end):
                     raise _Retry(f"body ended before byte {first} (server ignores Range)")
-                return self._read_into(resp, dest, t_end), None
+                return self._read_into(resp, dest, t_end, crc), None
             _drain_small(resp)
             raise _Fatal(f"HTTP {status} {resp.reason}".strip())
         except (socket.timeout, TimeoutError) as e:
@@ -283,9 +324,12 @@ class _Client:
                     conn.close()
             self._sem.release()
 
-    def _read_into(self, resp, dest: memoryview, t_end: float) -> int:
+    def _read_into(self, resp, dest: memoryview, t_end: float, crc: list | None = None) -> int:
         """Fill ``dest`` from the body in PIECE reads; stop early (short body) at EOF or on a
-        dropped connection, returning the bytes that did arrive; raise at the deadline."""
+        dropped connection, returning the bytes that did arrive; raise at the deadline.
+        ``crc[0]`` (if given) is continued over each piece as it arrives, while it is still in
+        the cache: no second pass over the tensor, and it always covers exactly the bytes
+        that arrived, so a resumed range continues it."""
         got = 0
         n = len(dest)
         try:
@@ -295,6 +339,8 @@ class _Client:
                 k = resp.readinto(dest[got:min(n, got + PIECE)])
                 if not k:
                     break
+                if crc is not None:
+                    crc[0] = self.crc32(dest[got:got + k], crc[0])
                 got += k
         except (OSError, http.client.HTTPException) as e:
             with self._lock:
@@ -364,19 +410,23 @@ class _Client:
             self.failures[kind] = self.failures.get(kind, 0) + 1
 
     def fetch_range(self, url: str, first: int, dest: memoryview, what: str,
-                    t_end: float | None = None, check=None) -> str:
+                    t_end: float | None = None, check=None, crc: list | None = None) -> str:
         """Fill ``dest`` with bytes [first, first + len(dest)) of ``url``, retrying.
 
-        ``check()`` (optional) validates the filled buffer and returns an error text or None;
-        an error is a retry of the whole range. Returns the URL the bytes came from (after
-        redirects). Raises WeightsError naming ``url``, ``what`` and the cause at the end.
+        ``crc`` (optional, a one-element list): left holding the CRC-32 of ``dest``, computed
+        as the bytes arrive. ``check()`` (optional) validates the filled buffer (and crc) and
+        returns an error text or None; an error is a retry of the whole range. Returns the URL
+        the bytes came from (after redirects). Raises WeightsError naming ``url``, ``what``
+        and the cause at the end.
         """
         t_end = time.monotonic() + self.deadline if t_end is None else t_end
         got, attempt, n = 0, 0, len(dest)
         redirects: list[str] = []
+        if crc is not None:
+            crc[0] = 0
         while True:
             try:
-                k, _ = self._attempt(url, first + got, dest[got:], t_end, redirects)
+                k, _ = self._attempt(url, first + got, dest[got:], t_end, redirects, crc)
                 got += k
                 if got < n:
                     raise _Retry(f"short body ({got} of {n} bytes)")
@@ -384,6 +434,8 @@ class _Client:
                 if bad is None:
                     return url
                 got = 0
+                if crc is not None:
+                    crc[0] = 0
                 raise _Retry(bad)
             except _Redirect as r:
                 url = r.url
@@ -480,7 +532,12 @@ class Http(WeightsProvider):
 
     ``base_url``: the model directory's URL (or the weights file's URL, ending in ``.bin``).
     ``budget_bytes``: read-ahead budget (0: fetch each tensor when asked, the least memory).
-    ``connections``: keep-alive connections (2: the read-ahead thread and the engine's).
+    ``connections``: keep-alive connections (2: the read-ahead thread and the engine's; with
+        ``parallel`` > 1, parallel + 1).
+    ``parallel``: ranges one big tensor is fetched as at once, on as many connections (each of
+        about PART_BYTES or more). 1 (default): never split; on 127.0.0.1 the copy is CPU-bound
+        and 2 measured no faster (``scripts/bench_http.py --download``); a high-latency link,
+        where one TCP stream's window caps the rate, is what it is for.
     ``timeout``: seconds for connecting and for each socket read.
     ``retries``: failed attempts retried per request before giving up.
     ``deadline``: seconds one tensor (or merged span) may take in all, retries included.
@@ -493,14 +550,19 @@ class Http(WeightsProvider):
                  timeout: float = 10.0, retries: int = 6, token_env: str | None = None, *,
                  deadline: float = 300.0, merge_bytes: int = MiB, backoff: float = 0.25,
                  max_backoff: float = 8.0, retry_after_cap: float = 30.0, verify="always",
-                 seed: int | None = None):
+                 seed: int | None = None, parallel: int = 1):
         if not is_url(base_url):
             raise ValueError(f"Http: {base_url!r} is not an http:// or https:// URL")
+        if parallel < 1:
+            raise ValueError(f"Http: parallel must be >= 1, got {parallel}")
+        self.parallel = int(parallel)
+        self._pool: ThreadPoolExecutor | None = None
+        self._closed = False
+        self._mappings = _Mappings()
         self.base_url = base_url
         self.url = base_url if base_url.lower().endswith(".bin") else join_url(base_url, WEIGHTS_FILE)
         self.verify = verify_mode(verify) != "never"
         self.merge_bytes = int(merge_bytes)
-        self._crc32 = _crc32_function()
         self._client = _Client(connections, timeout, retries, deadline, backoff, max_backoff,
                                retry_after_cap, token_env, seed)
         self._lock = threading.Lock()
@@ -574,7 +636,7 @@ class Http(WeightsProvider):
                 return arr
             span = self._span(entry)
         first, last = span[0].offset, span[-1].offset + span[-1].nbytes
-        raw = _aligned_empty(last - first, first)
+        raw = self._mappings.empty(last - first, first)
         view = memoryview(raw)
         label = f"tensor {entry.name!r}" + (f" (with {len(span) - 1} adjacent)" if len(span) > 1 else "") + \
                 f", bytes {first}..{last}"
@@ -583,13 +645,15 @@ class Http(WeightsProvider):
             if not self.verify:
                 return None
             for e in span:
-                crc = self._crc32(view[e.offset - first:e.offset - first + e.nbytes])
+                crc = self._client.crc32(view[e.offset - first:e.offset - first + e.nbytes])
                 if crc != e.crc32:
                     return (f"checksum mismatch in tensor {e.name!r} (crc32 {crc:08x}, index says "
                             f"{e.crc32:08x})")
             return None
 
-        if last > first:
+        if len(span) == 1:
+            self._download(entry, view, label)
+        elif last > first:
             self._client.fetch_range(self.url, first, view, label, check=check)
         out = None
         extra = {}
@@ -609,6 +673,63 @@ class Http(WeightsProvider):
                     self._stash.pop(next(iter(self._stash)))
                 self._stash.update(extra)
         return out
+
+    def _download(self, entry: TensorEntry, view: memoryview, label: str) -> None:
+        """One tensor's bytes into ``view``, its CRC-32 computed as they arrive. A tensor of at
+        least 2 x PART_BYTES comes as up to ``parallel`` ranges at once: one on this thread,
+        the others on the part pool, each retried on its own; their CRCs are combined and a
+        mismatch re-fetches the whole tensor."""
+        c = self._client
+        want = entry.crc32 if self.verify else None
+
+        def mismatch(crc: int) -> str | None:
+            if want is None or crc == want:
+                return None
+            return f"checksum mismatch in tensor {entry.name!r} (crc32 {crc:08x}, index says {want:08x})"
+
+        bounds = _split(len(view), self.parallel)
+        if len(bounds) <= 1:
+            crc = [0]
+            if bounds:
+                c.fetch_range(self.url, entry.offset, view, label, check=lambda: mismatch(crc[0]),
+                              crc=crc if want is not None else None)
+            return
+        pool = self._part_pool()
+        t_end = time.monotonic() + c.deadline
+        attempt = 0
+        while True:
+            crcs = [[0] for _ in bounds]
+            jobs = [pool.submit(c.fetch_range, self.url, entry.offset + a, view[a:b], label, t_end, None, crc)
+                    for (a, b), crc in zip(bounds[1:], crcs[1:])]
+            error = None
+            try:
+                a, b = bounds[0]
+                c.fetch_range(self.url, entry.offset + a, view[a:b], label, t_end, None, crcs[0])
+            except BaseException as e:   # the other parts still write into view: wait for them
+                error = e
+            for job in jobs:
+                try:
+                    job.result()
+                except BaseException as e:
+                    error = error or e
+            if error is not None:
+                raise error
+            crc = crcs[0][0]
+            for (a, b), part in zip(bounds[1:], crcs[1:]):
+                crc = crc32_combine(crc, part[0], b - a)
+            bad = mismatch(crc)
+            if bad is None:
+                return
+            c._back_off(self.url, label, attempt, _Retry(bad), t_end)
+            attempt += 1
+
+    def _part_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                if self._closed:
+                    raise WeightsError(f"{self.url}: the provider is closed")
+                self._pool = ThreadPoolExecutor(self.parallel - 1, thread_name_prefix="onnxstream-http-part")
+            return self._pool
 
     def fetch_text(self, url: str) -> str:
         """A small text file (graph.txt beside the weights) through this provider's
@@ -634,7 +755,8 @@ class Http(WeightsProvider):
         """Requests sent, bytes received, failures by cause, whether Range was ignored."""
         c = self._client
         return {"requests": c.requests, "bytes_received": c.bytes_received,
-                "failures": dict(c.failures), "range_ignored": c.range_ignored}
+                "failures": dict(c.failures), "range_ignored": c.range_ignored,
+                "buffers_reused": self._mappings.reused}
 
     def plan(self, order: Sequence[str]) -> None:
         unknown = [n for n in dict.fromkeys(order) if n not in self.index]
@@ -671,6 +793,12 @@ class Http(WeightsProvider):
             ra.close()
         with self._lock:
             self._stash.clear()
+            self._closed = True
+            pool, self._pool = self._pool, None
+        self._mappings.close()
+        if pool is not None:
+            # parts in flight end at their deadline at the latest; none is waited for here
+            pool.shutdown(wait=False, cancel_futures=True)
         self._client.close()
 
     def __del__(self):
@@ -683,25 +811,106 @@ class Http(WeightsProvider):
         return f"Http({self.url!r}, {len(self.index)} tensors, budget {self.budget_bytes} bytes)"
 
 
-def _aligned_empty(n: int, phase: int = 0) -> np.ndarray:
-    """``n`` uninitialised bytes at an address congruent to ``phase`` modulo the page size (the
-    file offset of the bytes: each tensor then sits where it would in DiskPrefetch's mapping of
-    the file, 64-byte aligned, and ends at the same place within a page, so native.xnn_readable
-    makes a padded copy exactly when it would for the disk providers; a page-aligned start would
-    put the end of every page-multiple weight at a page boundary, and make XNNPACK's 16-byte
-    over-read need a copy of the whole weight). At least ALIGN readable bytes follow the end.
+def _split(n: int, parallel: int) -> list[tuple[int, int]]:
+    """[a, b) byte ranges covering n bytes: one, or up to ``parallel`` of about equal size (at
+    least PART_BYTES - PIECE each), their boundaries on PIECE multiples."""
+    if n == 0:
+        return []
+    k = max(1, min(parallel, n // PART_BYTES))
+    if k == 1:
+        return [(0, n)]
+    cuts = [i * n // k // PIECE * PIECE for i in range(k)] + [n]   # parts of n/k bytes, +-PIECE
+    return list(zip(cuts[:-1], cuts[1:]))
 
-    From MMAP_MIN_BYTES up, a private anonymous mapping, unmapped when the last array using
-    it dies: tensors are allocated on the read-ahead thread and freed on the engine's, and
-    glibc keeps such freed blocks in the thread's arena."""
-    phase %= PAGE
-    if n >= MMAP_MIN_BYTES:
-        mm = mmap.mmap(-1, phase + n + ALIGN, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        if hasattr(mm, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
-            # 2 MiB pages where the kernel allows: 4 KiB page faults on 3.4 GB per run
-            # cost more than the download itself (measured: 1.5 vs 7-12 GB/s for fresh memory)
-            mm.madvise(mmap.MADV_HUGEPAGE)
-        return np.frombuffer(mm, dtype=np.uint8)[phase:phase + n]
-    buf = np.empty(n + PAGE + ALIGN, dtype=np.uint8)
-    skip = (phase - buf.ctypes.data) % PAGE
-    return buf[skip:skip + n]
+
+class _Mappings:
+    """Allocates download buffers; reuses the mappings of big downloads the engine dropped.
+
+    A fresh anonymous page costs the kernel a zeroing pass, as much CPU as receiving its bytes
+    (perf on the UNet: clear_page 18 % of the download's cycles, the socket copy 11 %). So when
+    the last array on a mapping dies, the mapping is kept (``keep`` at most) and the next
+    download is received into it: one of at most its size (and at least a quarter) into the
+    smallest that fits, the part past the new tensor handed back to the kernel
+    (MADV_DONTNEED), so a kept mapping never holds more resident memory than the tensor now in
+    it; a bigger one into the biggest kept mapping, grown in place (mremap). An idle mapping that none of the
+    next MAX_IDLE_ALLOCATIONS downloads fitted is given back to the kernel, so memory the
+    engine dropped is held only until a download of its size class comes soon after, which
+    would have taken as much fresh memory.
+    """
+
+    def __init__(self, keep: int = 2):
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._idle: list[list] = []
+        self.reused = 0         # downloads received into a kept mapping (tests, benchmarks)
+        self.closed = False
+
+    def empty(self, n: int, phase: int = 0) -> np.ndarray:
+        """``n`` uninitialised bytes at an address congruent to ``phase`` modulo the page size (the
+        file offset of the bytes: each tensor then sits where it would in DiskPrefetch's mapping
+        of the file, 64-byte aligned, and ends at the same place within a page, so
+        native.xnn_readable makes a padded copy exactly when it would for the disk providers; a
+        page-aligned start would put the end of every page-multiple weight at a page boundary,
+        and make XNNPACK's 16-byte over-read need a copy of the whole weight). At least ALIGN
+        readable bytes follow the end.
+
+        From MMAP_MIN_BYTES up, a private anonymous mapping of its own (tensors are allocated on
+        the read-ahead thread and freed on the engine's, and glibc would keep such freed blocks
+        in the thread's arena), reused as the class says; smaller ones from numpy."""
+        phase %= PAGE
+        if n < MMAP_MIN_BYTES:
+            buf = np.empty(n + PAGE + ALIGN, dtype=np.uint8)
+            skip = (phase - buf.ctypes.data) % PAGE
+            return buf[skip:skip + n]
+        size = phase + n + ALIGN
+        mm = self._take(size)
+        if mm is None:
+            mm = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            if hasattr(mm, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
+                # 2 MiB pages where the kernel allows: 4 KiB page faults on 3.4 GB per run cost
+                # more than the download itself (measured: 1.5 vs 7-12 GB/s for fresh memory)
+                mm.madvise(mmap.MADV_HUGEPAGE)
+        whole = np.frombuffer(mm, dtype=np.uint8)
+        # called when the last view of ``whole`` dies (the engine dropped the tensor)
+        weakref.finalize(whole, self._give, mm).atexit = False
+        return whole[phase:phase + n]
+
+    def _take(self, size: int) -> mmap.mmap | None:
+        with self._lock:
+            for item in self._idle:
+                item[1] += 1
+            # an idle mapping no download has fitted for a while goes back to the kernel
+            self._idle = [item for item in self._idle if item[1] <= MAX_IDLE_ALLOCATIONS]
+            fits = [item for item in self._idle if size <= len(item[0]) <= 4 * size]
+            smaller = [item for item in self._idle if len(item[0]) < size]
+            if fits:
+                item = min(fits, key=lambda it: len(it[0]))
+            elif smaller:
+                item = max(smaller, key=lambda it: len(it[0]))
+            else:
+                return None
+            self._idle.remove(item)
+        mm = item[0]
+        used = -(-size // PAGE) * PAGE
+        try:
+            if len(mm) < size:
+                mm.resize(size)      # mremap: the pages it has stay, only the rest is fresh
+            elif len(mm) > used and hasattr(mm, "madvise"):
+                mm.madvise(mmap.MADV_DONTNEED, used, len(mm) - used)
+        except (BufferError, OSError, ValueError, SystemError):
+            return None              # still exported (its last array is being freed), or no mremap
+        with self._lock:
+            self.reused += 1
+        return mm
+
+    def _give(self, mm: mmap.mmap) -> None:
+        with self._lock:
+            if self.closed or self.keep == 0:
+                return
+            self._idle.append([mm, 0])     # [mapping, allocations since it became idle]
+            del self._idle[:-self.keep]
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            self._idle.clear()
