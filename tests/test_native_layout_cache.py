@@ -239,7 +239,7 @@ def test_operator_cache_for_matmul_and_gemm_never_bakes_runtime_inputs():
             assert len(m.ctx.op_cache) == 2          # MatMul and the const-bias Gemm, not the runtime-C Gemm
 
 
-def test_tune_measures_streamed_and_cached_choices():
+def test_tune_measures_streamed_cached_and_chunked_choices():
     import json
     from onnxstream_py.tune import tune_model
     model = _conv_chain_model()
@@ -248,11 +248,13 @@ def test_tune_measures_streamed_and_cached_choices():
     try:
         with tempfile.TemporaryDirectory() as d:
             convert_model_proto(model, d + "/m")
-            path = tune_model(d + "/m", {"x": x}, threads=2, provider="ram")
+            # weights above 500 bytes stream in chunks of rows in the DiskNoCache pass
+            path = tune_model(d + "/m", {"x": x}, threads=2, provider="ram", max_weight_chunk_bytes=500)
             with open(path) as f:
                 entries = json.load(f)["machines"][kernel_choice.machine_fingerprint()]
         modes = {e["key"][-1] for e in entries if e["key"][0] == "Conv"}
-        assert modes == {"cached", "streamed"}
+        assert modes == {"cached", "streamed", "chunked"}
+        assert any("winograd" in e["seconds"] for e in entries if e["key"][-1] == "chunked")
         assert all({"xnnpack", "blas"} <= set(e["seconds"]) <= {"xnnpack", "blas", "winograd"} for e in entries)
         assert any("winograd" in e["seconds"] for e in entries)        # the 3x3 stride-1 convolutions
     finally:

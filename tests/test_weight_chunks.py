@@ -9,6 +9,7 @@ from __future__ import annotations
 import tempfile
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -18,6 +19,7 @@ from weights_providers.format import WeightsWriter
 from onnxstream_py import kernel_choice
 from onnxstream_py.converter import convert_model_proto
 from onnxstream_py.weight_ref import WeightRef
+from op_testing import ort_outputs
 from weights_providers.tensorfile import is_mapped
 
 
@@ -113,6 +115,30 @@ def test_chunked_matches_unchunked(name, model, feeds, weight, choice, fp16):
     else:
         # BLAS blocks its sums by matrix size, and a K split adds partial sums: rounding only
         assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16-storage"])
+def test_chunked_winograd_reads_blocks_of_rows_and_matches(fp16):
+    """A 3x3 stride-1 Conv whose weight streams in chunks runs Winograd too: each block of
+    output channels is read (a row range) when it is transformed, never the whole weight."""
+    name, model, feeds, weight = next(c for c in CASES if c[0] == "conv-channels-last")
+    kernel_choice.clear()
+    with kernel_choice.forced("winograd"):
+        want, whole = _run(model, feeds, 0, fp16)
+        # 2800 bytes: 2 rows of the raw weight (37 x 9 floats each), what the other kernels read
+        # at a time, but 1 row of the transformed one (36 x 37 floats), Winograd's block
+        got, chunked = _run(model, feeds, 2800, fp16)
+    old_ir = onnx.ModelProto()
+    old_ir.CopyFrom(model)
+    old_ir.ir_version = 8                      # onnxruntime's highest is below this onnx's default
+    (ref,) = ort_outputs(old_ir, feeds)
+    assert weight in whole.whole and weight not in chunked.whole
+    ranges = [(r0, r1) for n, r0, r1 in chunked.ranges if n == weight]
+    assert ranges[0][0] == 0 and ranges[-1][1] == 29 and all(r1 - r0 == 1 for r0, r1 in ranges)
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+    # against onnxruntime at FP32 (fp16-storage rounds the weights: compared chunked vs whole only)
+    assert fp16 or np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
 def test_chunks_only_above_the_limit_and_only_with_row_range_providers():

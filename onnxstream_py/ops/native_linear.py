@@ -220,15 +220,18 @@ def Conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     pool = _ctx.pool
     nbytes = w.nbytes + (0 if b is None else b.nbytes)
     cacheable = _cache is not None and not isinstance(w, WeightRef) and _cache.has_room(nbytes)
-    # The measured cost differs by input layout (a transpose or not) and by whether XNNPACK's
-    # packing is paid every run or once (cached), so both are part of the key.
+    # The measured cost differs by input layout (a transpose or not), by whether XNNPACK's
+    # packing is paid every run or once (cached), and by whether the weight arrives whole or in
+    # chunks of rows (Winograd then transforms smaller blocks), so all three are in the key.
+    mode = "cached" if cacheable else "chunked" if isinstance(w, WeightRef) else "streamed"
     key = ("Conv", x.dtype.name, tuple(map(int, x.shape)), tuple(map(int, w.shape)), group, tuple(strides),
            tuple(onnx_pads), tuple(dilations), b is not None, pool.threads,
-           "nhwc" if is_nhwc(x) else "nchw", "cached" if cacheable else "streamed")
+           "nhwc" if is_nhwc(x) else "nchw", mode)
     choice = kernel_choice.lookup(key)
     out_pixels = x.shape[0] * ((spans[0] // strides[0]) + 1) * ((spans[1] // strides[1]) + 1)
-    wino_ok = (w.shape[2:] == (3, 3) and tuple(strides) == (1, 1) and tuple(dilations) == (1, 1) and group == 1
-               and x.dtype == np.float32 and not isinstance(w, WeightRef))
+    # (a WeightRef is transformed block by block, each block's rows read then: ops/winograd.py)
+    wino_ok = (tuple(w.shape[2:]) == (3, 3) and tuple(strides) == (1, 1) and tuple(dilations) == (1, 1)
+               and group == 1 and x.dtype == np.float32 and w.dtype == np.float32)
     default = _ctx.default_conv_kernel(out_pixels, wino_ok, cacheable, min(cin, cout))
     might_use_xnn = choice == "xnnpack" or (choice is None and (_ctx.measure_kernels or default == "xnnpack"))
     candidates = {

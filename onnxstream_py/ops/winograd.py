@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import native
 from ..layout import is_nhwc
+from ..weight_ref import WeightRef
 
 VARIANTS = {"f4": 4, "f2": 2}   # variant name -> output tile size m
 # Scratch per chunk of tiles (V and M together). 512-channel layers at F(4x4) fit ~56 tiles
@@ -146,7 +147,8 @@ def _check_args(x, w, b, pads, prepared):
         if prepared.closed:
             raise ValueError(f"{what}: the prepared weight was closed")
     else:
-        if not isinstance(w, np.ndarray) or w.ndim != 4 or w.shape[2:] != (3, 3) or w.dtype != np.float32:
+        if (not isinstance(w, (np.ndarray, WeightRef)) or len(w.shape) != 4 or tuple(w.shape[2:]) != (3, 3)
+                or w.dtype != np.float32):
             raise ValueError(f"{what}: W must be a float32 [Cout, Cin, 3, 3] array, got "
                              f"{getattr(w, 'dtype', type(w))} {getattr(w, 'shape', '')}")
         cout, cin = w.shape[:2]
@@ -167,7 +169,8 @@ def conv2d_winograd(x, w, b, pads, pool=None, variant: str = "f4", prepared: Pre
     """ONNX Conv with a 3x3 kernel, stride 1, dilation 1, group 1, float32, by Winograd.
 
     x: [N, Cin, H, W], C-contiguous or channels-last (other strides are copied to NCHW);
-    w: [Cout, Cin, 3, 3], b: [Cout] or None (both ignored when ``prepared`` is given: the
+    w: [Cout, Cin, 3, 3] (an array, or a WeightRef: streamed, each block of output channels
+    read when it is transformed, blocks of at most its max_chunk_bytes transformed), b: [Cout] or None (both ignored when ``prepared`` is given: the
     cached transformed weight, whose variant and gemm then apply); pads: [top, left, bottom,
     right]; gemm: "blas" (numpy's stacked matmul) or "xnnpack" (fully-connected operators on
     ``pool``). Returns [N, Cout, OH, OW] in x's layout (channels-last output is the NCHW view
@@ -194,6 +197,8 @@ def conv2d_winograd(x, w, b, pads, pool=None, variant: str = "f4", prepared: Pre
     if prepared is not None:
         blocks = [(0, cout)]
     else:
+        if isinstance(w, WeightRef):   # raw + transformed + packed block within ~2.25 chunks
+            weight_block_bytes = min(weight_block_bytes, w.max_chunk_bytes)
         step = max(1, min(cout, weight_block_bytes // (alpha2 * cin * 4)))
         blocks = [(c0, min(cout, c0 + step)) for c0 in range(0, cout, step)]
     cols_max = max(c1 - c0 for c0, c1 in blocks)
@@ -207,7 +212,10 @@ def conv2d_winograd(x, w, b, pads, pool=None, variant: str = "f4", prepared: Pre
         if prepared is not None:
             u, bias, xnn = prepared.u, prepared.bias, prepared.xnn
         else:
-            u = native.winograd_weight_f32(np.ascontiguousarray(w), m, c0, c1, pool=pool)
+            if isinstance(w, WeightRef):
+                u = native.winograd_weight_f32(np.ascontiguousarray(w.rows(c0, c1)), m, pool=pool)
+            else:
+                u = native.winograd_weight_f32(np.ascontiguousarray(w), m, c0, c1, pool=pool)
             bias = None if b is None else np.ascontiguousarray(b[c0:c1])
             if gemm == "xnnpack":
                 xnn, u = native.WinogradGemm(u), None
