@@ -16,6 +16,10 @@ ON_ARM = platform.machine().lower() in ("aarch64", "arm64", "armv7l", "armv8l")
 DEFAULT_KERNEL = "xnnpack" if ON_ARM else "blas"
 CONV_XNNPACK_MIN_PIXELS = 32 * 32
 WINOGRAD_MIN_CHANNELS = 64
+# Streamed (the weight transformed every run), Winograd wins from 64x64 output pixels up:
+# tuned on the synthetic SD 1.5 UNet and VAE decoder (2 threads, x86), whole or in chunks,
+# 1.1-2.4x XNNPACK's direct convolution there; at 32x32 it is a toss-up, below it loses.
+WINOGRAD_STREAMED_MIN_PIXELS = 64 * 64
 
 
 class NativeContext:
@@ -34,8 +38,10 @@ class NativeContext:
         when its transformed weight is cached (operator cache): measured there at 2.6-3.5x
         XNNPACK's direct convolution (scripts/bench_winograd.py). Streamed, the per-run weight
         transform lost at 32x32 and 16x16 and made the streamed UNet slower (5.3 -> 5.7 s), so
-        streaming takes it only where `onnxstream tune` measured it faster. Unmeasured on ARM."""
-        if winograd_ok and not ON_ARM and channels >= WINOGRAD_MIN_CHANNELS and cached:
+        streaming takes it by default only from WINOGRAD_STREAMED_MIN_PIXELS output pixels up,
+        elsewhere where `onnxstream tune` measured it faster. Unmeasured on ARM."""
+        if (winograd_ok and not ON_ARM and channels >= WINOGRAD_MIN_CHANNELS
+                and (cached or out_pixels >= WINOGRAD_STREAMED_MIN_PIXELS)):
             return "winograd"
         if ON_ARM or out_pixels >= CONV_XNNPACK_MIN_PIXELS:
             return "xnnpack"

@@ -279,3 +279,18 @@ def test_winograd_candidate_runs_and_its_transformed_weight_is_cached():
     for y in outs + [streamed]:
         np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_untuned_conv_rule_takes_winograd_streamed_only_at_large_outputs():
+    from onnxstream_py.native_context import ON_ARM, NativeContext
+    ctx = NativeContext(onnxstream_py.RunOptions(backend="native", threads=1))
+    try:
+        rule = ctx.default_conv_kernel
+        expect = "xnnpack" if ON_ARM else "winograd"
+        assert rule(64 * 64, True, cached=True, channels=64) == expect
+        assert rule(64 * 64, True, cached=False, channels=320) == expect       # streamed or chunked
+        assert rule(32 * 32, True, cached=False, channels=320) != "winograd"    # transform not repaid
+        assert rule(64 * 64, False, cached=False, channels=320) != "winograd"   # not a 3x3 stride-1 conv
+        assert rule(64 * 64, True, cached=False, channels=32) != "winograd"
+    finally:
+        ctx.close()
