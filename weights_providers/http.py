@@ -15,7 +15,8 @@ Trade-offs and rules:
     anonymous memory, not page cache: nothing accumulates and nothing touches the disk.
   * Integrity: every tensor's CRC-32 is checked on every fetch (the network is not the
     page cache; ``verify="never"`` turns it off), computed piece by piece as the bytes
-    arrive; a tensor fetched as parallel ranges combines its ranges' CRCs (crc32_combine). A mismatch is a retry, never an output.
+    arrive; a tensor fetched as parallel ranges combines its ranges' CRCs (crc32_combine).
+    A mismatch is a retry, never an output.
     The text parts (the index, graph.txt) have no checksum, so they are fetched twice
     and must agree byte for byte (``fetch_text``): a corrupting path cannot slip a wrong
     offset or attribute past us; this costs one extra small request per file.
@@ -103,7 +104,7 @@ def _gf2_mul(a: int, b: int) -> int:
 
 
 _X_POW = [0x00800000]      # x^(8 * 2^k) mod P for k = 0..63: x^8, then repeated squares
-for _k in range(63):
+for _ in range(63):
     _X_POW.append(_gf2_mul(_X_POW[-1], _X_POW[-1]))
 
 
@@ -832,10 +833,10 @@ class _Mappings:
     download is received into it: one of at most its size (and at least a quarter) into the
     smallest that fits, the part past the new tensor handed back to the kernel
     (MADV_DONTNEED), so a kept mapping never holds more resident memory than the tensor now in
-    it; a bigger one into the biggest kept mapping, grown in place (mremap). An idle mapping that none of the
-    next MAX_IDLE_ALLOCATIONS downloads fitted is given back to the kernel, so memory the
-    engine dropped is held only until a download of its size class comes soon after, which
-    would have taken as much fresh memory.
+    it; a bigger one into the biggest kept mapping, grown in place (mremap). An idle mapping
+    that none of the next MAX_IDLE_ALLOCATIONS downloads fitted is given back to the kernel, so
+    memory the engine dropped is held only until a download of its size class comes soon
+    after, which would have taken as much fresh memory.
     """
 
     def __init__(self, keep: int = 2):

@@ -170,11 +170,12 @@ def conv2d_winograd(x, w, b, pads, pool=None, variant: str = "f4", prepared: Pre
 
     x: [N, Cin, H, W], C-contiguous or channels-last (other strides are copied to NCHW);
     w: [Cout, Cin, 3, 3] (an array, or a WeightRef: streamed, each block of output channels
-    read when it is transformed, blocks of at most its max_chunk_bytes transformed), b: [Cout] or None (both ignored when ``prepared`` is given: the
-    cached transformed weight, whose variant and gemm then apply); pads: [top, left, bottom,
-    right]; gemm: "blas" (numpy's stacked matmul) or "xnnpack" (fully-connected operators on
-    ``pool``). Returns [N, Cout, OH, OW] in x's layout (channels-last output is the NCHW view
-    of an XNNPACK-readable NHWC buffer).
+    read when it is transformed, blocks of at most its max_chunk_bytes transformed), b: [Cout]
+    or None (both ignored when ``prepared`` is given: the cached transformed weight, whose
+    variant and gemm then apply); pads: [top, left, bottom, right]; gemm: "blas" (numpy's
+    stacked matmul) or "xnnpack" (fully-connected operators on ``pool``). Returns [N, Cout,
+    OH, OW] in x's layout (channels-last output is the NCHW view of an XNNPACK-readable NHWC
+    buffer).
     """
     if prepared is not None:
         m, gemm = prepared.m, prepared.gemm
