@@ -259,6 +259,35 @@ def test_chooser_measures_once_remembers_and_serialises():
     kernel_choice.clear()
 
 
+def test_a_slow_first_candidate_is_timed_again_warm():
+    """The first candidate's one slow run also pays the op's first-touch costs; if it lost, it is
+    timed once more, and wins when it is the faster one warm."""
+    import time as _time
+    slow = kernel_choice.WARM_SECONDS
+    calls = {"a": 0, "b": 0}
+
+    def a():                      # cold first run, fast afterwards
+        calls["a"] += 1
+        _time.sleep(3 * slow if calls["a"] == 1 else 0)
+        return "a"
+
+    def b():                      # always 1.5 x WARM_SECONDS
+        calls["b"] += 1
+        _time.sleep(1.5 * slow)
+        return "b"
+
+    kernel_choice.clear()
+    try:
+        assert kernel_choice.run_chosen(("cold-first",), {"a": a, "b": b}) == "a"
+        assert kernel_choice.lookup(("cold-first",)) == "a" and calls == {"a": 2, "b": 1}
+        calls.update(a=0, b=0)
+        # a slow first candidate that loses warm too keeps losing (timed twice, no warm-up run)
+        assert kernel_choice.run_chosen(("slow-first",), {"b": b, "a": lambda: "a"}) == "a"
+        assert calls == {"a": 0, "b": 2} and kernel_choice.lookup(("slow-first",)) == "a"
+    finally:
+        kernel_choice.clear()
+
+
 def test_large_weight_is_packed_in_blocks(monkeypatch):
     monkeypatch.setattr(native_linear, "WEIGHT_BLOCK_BYTES", 19 * 9 * 4 * 5)   # 5 output channels per block
     x, w, b = _conv_inputs(9, 1, 19, 7, 9, 13, 1, 3, 3, np.float32)
