@@ -646,10 +646,9 @@ class Http(WeightsProvider):
             if not self.verify:
                 return None
             for e in span:
-                crc = self._client.crc32(view[e.offset - first:e.offset - first + e.nbytes])
-                if crc != e.crc32:
-                    return (f"checksum mismatch in tensor {e.name!r} (crc32 {crc:08x}, index says "
-                            f"{e.crc32:08x})")
+                bad = _mismatch(e, self._client.crc32(view[e.offset - first:e.offset - first + e.nbytes]))
+                if bad is not None:
+                    return bad
             return None
 
         if len(span) == 1:
@@ -681,19 +680,16 @@ class Http(WeightsProvider):
         the others on the part pool, each retried on its own; their CRCs are combined and a
         mismatch re-fetches the whole tensor."""
         c = self._client
-        want = entry.crc32 if self.verify else None
 
         def mismatch(crc: int) -> str | None:
-            if want is None or crc == want:
-                return None
-            return f"checksum mismatch in tensor {entry.name!r} (crc32 {crc:08x}, index says {want:08x})"
+            return _mismatch(entry, crc) if self.verify else None
 
         bounds = _split(len(view), self.parallel)
         if len(bounds) <= 1:
             crc = [0]
             if bounds:
                 c.fetch_range(self.url, entry.offset, view, label, check=lambda: mismatch(crc[0]),
-                              crc=crc if want is not None else None)
+                              crc=crc if self.verify else None)
             return
         pool = self._part_pool()
         t_end = time.monotonic() + c.deadline
@@ -810,6 +806,13 @@ class Http(WeightsProvider):
 
     def __repr__(self) -> str:
         return f"Http({self.url!r}, {len(self.index)} tensors, budget {self.budget_bytes} bytes)"
+
+
+def _mismatch(entry: TensorEntry, crc: int) -> str | None:
+    """The retry cause when ``crc`` is not the index's CRC-32 of ``entry``, else None."""
+    if crc == entry.crc32:
+        return None
+    return f"checksum mismatch in tensor {entry.name!r} (crc32 {crc:08x}, index says {entry.crc32:08x})"
 
 
 def _split(n: int, parallel: int) -> list[tuple[int, int]]:
