@@ -7,7 +7,10 @@ input/output shapes and dtypes, the process's current RSS and the bytes of live 
 
 Weight streaming (RunOptions.max_weight_chunk_bytes): with a provider that reads row ranges
 cheaply, a weight larger than the limit reaches an op that declares ``_weight_refs`` as a
-WeightRef (weight_ref.py), which the op reads chunk by chunk.
+WeightRef (weight_ref.py), which the op reads chunk by chunk. A provider that checks a
+streamed weight's checksum only at its end (Http) raises WeightsRetry when it finds the rows
+it handed out corrupt: the op's output is discarded and the op runs again (at most
+STREAM_RERUNS times), so corrupt bytes never reach an output.
 """
 from __future__ import annotations
 
@@ -18,12 +21,17 @@ import time
 
 import numpy as np
 
+from weights_providers.format import WeightsRetry
+
 from . import malloc
 from .errors import OpError
 from .graph import Graph
 from .op_cache import CacheSlot
 from .plan import Plan, Step
 from .weight_ref import WeightRef
+
+# times an op that read a streamed weight by rows is run again after WeightsRetry
+STREAM_RERUNS = 3
 
 
 def current_rss_bytes() -> int:
@@ -150,7 +158,11 @@ class Interpreter:
         than max_weight_chunk_bytes, at positions the op's ``_weight_refs`` default names, when
         the provider reads row ranges cheaply and no operator cache slot wants the whole weight."""
         limit = getattr(getattr(self.ctx, "options", None), "max_weight_chunk_bytes", 0)
-        if not limit or not getattr(self.provider, "reads_row_ranges", False):
+        reads_rows = getattr(self.provider, "reads_rows", None)
+        if not callable(reads_rows):     # a provider not derived from WeightsProvider
+            whole = bool(getattr(self.provider, "reads_row_ranges", False))
+            reads_rows = lambda name: whole    # noqa: E731
+        if not limit:
             return {}
         accepts: dict[object, frozenset[int]] = {}
         out = {}
@@ -163,10 +175,15 @@ class Interpreter:
                 continue
             big = frozenset(j for j in step.weight_inputs & accepts[fn]
                             if len(self.graph.weights[step.node.inputs[j]].shape) >= 1
+                            and reads_rows(step.node.inputs[j])
                             and self._decl_nbytes(step.node.inputs[j]) > self._chunk_limit(step.node.inputs[j], limit))
             if big:
                 out[i] = big
         return out
+
+    def streamed_weights(self) -> set[str]:
+        """Names some op reads in chunks of rows (left out of the provider's plan)."""
+        return {self.plan.steps[i].node.inputs[j] for i, pos in self._chunked.items() for j in pos}
 
     def _chunk_limit(self, name: str, limit: int) -> int:
         """The chunk budget in bytes of the op's dtype: a weight stored narrower (fp16-storage)
@@ -221,6 +238,7 @@ class Interpreter:
         consts = graph.consts
         level = debug_level()
         total = len(self.plan.steps)
+        finish_rows = getattr(provider, "finish_rows", None)
         for i, step in enumerate(self.plan.steps):
             node = step.node
             t0 = time.perf_counter() if level else 0.0
@@ -254,12 +272,25 @@ class Interpreter:
                 buf = _donation(step, args, env)
                 if buf is not None:
                     kwargs = dict(kwargs, _out=buf)
-            try:
-                result = step.impl.fn(*args, **kwargs)
-            except Exception as e:
-                shapes = ", ".join(_describe(a) for a in args)
-                raise OpError(f"node {node.name!r} ({node.op_type}) failed on inputs ({shapes}): "
-                              f"{type(e).__name__}: {e}") from e
+            reruns = 0
+            while True:
+                try:
+                    result = step.impl.fn(*args, **kwargs)
+                    if chunked and finish_rows is not None:
+                        for j in chunked:
+                            finish_rows(node.inputs[j])
+                    break
+                except WeightsRetry as e:
+                    result = None
+                    # a donated input buffer may have been overwritten: no second run then
+                    if reruns >= STREAM_RERUNS or "_out" in kwargs:
+                        raise OpError(f"node {node.name!r} ({node.op_type}): {e} (after {reruns} "
+                                      f"rerun(s) of the op)") from e
+                    reruns += 1
+                except Exception as e:
+                    shapes = ", ".join(_describe(a) for a in args)
+                    raise OpError(f"node {node.name!r} ({node.op_type}) failed on inputs ({shapes}): "
+                                  f"{type(e).__name__}: {e}") from e
             if not isinstance(result, (tuple, list)):
                 result = (result,)
             if len(result) < sum(1 for o in node.outputs if o):

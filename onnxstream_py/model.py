@@ -32,12 +32,12 @@ def open_provider(kind: str, weights_path: str, options: RunOptions) -> wp.Weigh
     k = kind.lower().replace("_", "").replace("-", "")
     if http.is_url(weights_path):
         # a model on a web server: "prefetch"/"http" read ahead, "nocache" fetches each tensor
-        # when asked (budget 0), "ram" keeps what it fetched
+        # when asked (budget 0) and big ones by rows as DiskNoCache does, "ram" keeps what it fetched
         verify = "never" if options.verify_checksums in (False, "never") else "always"
         if k in ("http", "prefetch", "diskprefetch"):
             return http.Http(weights_path, budget_bytes=options.prefetch_bytes, verify=verify)
         if k in ("nocache", "disknocache"):
-            return http.Http(weights_path, budget_bytes=0, verify=verify)
+            return http.Http(weights_path, budget_bytes=0, verify=verify, stream=True)
         if k == "ram":
             return wp.Ram(http.Http(weights_path, budget_bytes=0, verify=verify))
     if k in ("nocache", "disknocache"):
@@ -96,7 +96,6 @@ class Model:
             self.provider = provider
         try:
             _check_weights_agree(self.graph, self.provider, weights_path)
-            self.provider.plan(list(self.plan.weight_order))
         except BaseException:
             self.close()
             raise
@@ -111,6 +110,13 @@ class Model:
                 else:
                     kernel_choice.load_file(path)
         self._interpreter = Interpreter(self.graph, self.plan, self.provider, self.ctx)
+        # weights read in chunks of rows are left out of the plan (nothing reads them ahead whole)
+        self._streamed = self._interpreter.streamed_weights()
+        try:
+            self.provider.plan([n for n in self.plan.weight_order if n not in self._streamed])
+        except BaseException:
+            self.close()
+            raise
         self._runs = 0
         self._planned_cache_version = 0
 
@@ -181,7 +187,7 @@ class Model:
             cache = self.ctx.op_cache if self.ctx is not None else None
             if cache is not None and cache.version != self._planned_cache_version:
                 # ops served from the operator cache no longer read their weights
-                skip = cache.cached_weights()
+                skip = cache.cached_weights() | self._streamed
                 self.provider.plan([n for n in self.plan.weight_order if n not in skip])
                 self._planned_cache_version = cache.version
             self.provider.restart()

@@ -182,6 +182,106 @@ def test_dropped_downloads_are_reused_and_held_ones_never_touched(served):
         assert not held.flags.writeable
 
 
+# --- big tensors streamed by rows (stream=True; what provider "nocache" uses for a URL) --------
+
+def read_in_chunks(h, name: str, rows_per_chunk: int) -> np.ndarray:
+    """What an op with a chunked weight does: rows in order, then finish_rows (may raise)."""
+    n = h.index[name].shape[0]
+    parts = [np.array(h.get_rows(name, np.arange(r, min(n, r + rows_per_chunk)))) for r in range(0, n, rows_per_chunk)]
+    h.finish_rows(name)
+    h.release(name)
+    return np.concatenate(parts)
+
+
+def test_streamed_rows_are_bitwise_and_fetched_one_range_ahead(served):
+    _, url = served
+    blobs = make_blobs()
+    with Http(f"{url}/blobs", budget_bytes=1 << 20, stream=True) as h:
+        assert h.reads_rows("big2") and h.reads_rows("big") and not h.reads_rows("t4099")
+        assert not h.reads_rows("no such tensor")
+        for run in range(2):
+            h.restart()
+            before = h.stats["requests"]
+            got = read_in_chunks(h, "big2", 100_000)          # 11 chunks of 400 kB, the last short
+            assert got.tobytes() == blobs["big2"].tobytes()
+            assert h.stats["requests"] - before == 11
+        a = h.get_rows("big", np.arange(0, 3))                # all rows in one request: the end
+        assert a.tobytes() == blobs["big"].tobytes() and not a.flags.writeable
+        assert h.stats["streams"] == 3 and not h.stats["out_of_order"] and not h.stats["failures"]
+    with Http(f"{url}/blobs", budget_bytes=1 << 20) as h:     # stream=False (default)
+        assert not h.reads_rows("big2")
+
+
+def test_streamed_rows_out_of_order_or_partial_stay_checked(served):
+    _, url = served
+    blobs = make_blobs()
+    big2 = blobs["big2"]
+    with Http(f"{url}/blobs", budget_bytes=0, stream=True) as h:
+        # out of order: the whole tensor is fetched, checked and served until release
+        assert h.get_rows("big2", np.arange(10, 20)).tobytes() == big2[10:20].tobytes()
+        assert h.get_rows("big2", np.arange(5, 7)).tobytes() == big2[5:7].tobytes()
+        assert h.stats["out_of_order"] == 1
+        h.finish_rows("big2")
+        h.release("big2")
+        # an op that stops early: finish_rows fetches the rest to complete the checksum
+        before = h.stats["bytes_received"]
+        assert h.get_rows("big2", np.arange(0, 1000)).tobytes() == big2[:1000].tobytes()
+        h.finish_rows("big2")
+        assert h.stats["bytes_received"] - before >= big2.nbytes
+        # row lists that are not one ascending run are served from the whole tensor
+        idx = np.array([3, 1, 2])
+        assert h.get_rows("big2", idx).tobytes() == big2[idx].tobytes()
+        assert not h.stats["failures"]
+
+
+def test_corrupt_streamed_rows_raise_weights_retry_then_read_clean(served):
+    """A flipped byte inside a chunk is found when the last rows arrive (the checksum covers
+    the tensor): WeightsRetry, and reading the rows again from the start gives clean bytes."""
+    from weights_providers import WeightsRetry
+    _, url = served
+    blobs = make_blobs()
+    h = Http(f"{url}/blobs", budget_bytes=0, stream=True, retries=1, backoff=0.01)
+    try:
+        with FaultProxy(int(url.rsplit(":", 1)[1]), rate=1.0, kinds=("flip",)) as proxy:
+            h.url = f"{proxy.url}/blobs/{WEIGHTS_FILE}"        # index read cleanly, bodies corrupted
+            with pytest.raises(WeightsRetry) as ei:
+                read_in_chunks(h, "big2", 300_000)
+            assert "checksum mismatch" in str(ei.value) and "'big2'" in str(ei.value)
+            # an op that stopped early is checked by finish_rows, over the rest of the tensor
+            h.get_rows("big2", np.arange(0, 300_000))
+            with pytest.raises(WeightsRetry):
+                h.finish_rows("big2")
+        h.url = f"{url}/blobs/{WEIGHTS_FILE}"
+        assert read_in_chunks(h, "big2", 300_000).tobytes() == blobs["big2"].tobytes()
+        assert h.stats["checksum_reruns"] == 2
+    finally:
+        h.close()
+
+
+def test_model_url_with_nocache_streams_by_rows_bitwise_disk_nocache(served):
+    """provider "nocache" on a URL: Http(budget 0, stream=True), chunked exactly as DiskNoCache,
+    so the outputs are bitwise DiskNoCache's; under every fault kind too (a corrupted chunk
+    reruns its op)."""
+    from onnxstream_py import Model, RunOptions
+    root, url = served
+    opts = RunOptions(max_weight_chunk_bytes=2048)      # the tiny UNet's weights are KBs
+    feeds = unet_feeds()
+    with Model(str(root / "unet"), provider="nocache", options=opts) as m:
+        want = m.run(feeds)
+    with Model(f"{url}/unet", provider="nocache", options=opts) as m:
+        assert isinstance(m.provider, Http) and m.provider.stream
+        assert m._streamed and not set(m._streamed) & set(m.provider.readahead._positions)
+        for _ in range(2):
+            assert_same(m.run(feeds), want)
+        assert m.provider.stats["streams"] >= 2 * len(m._streamed)
+    with FaultProxy(int(url.rsplit(":", 1)[1]), seed=4, rate=0.1, stall_seconds=1.0) as proxy:
+        p = Http(f"{proxy.url}/unet", budget_bytes=0, stream=True, **FAST)
+        with Model(f"{proxy.url}/unet", provider=p, options=opts) as m:
+            for _ in range(3):
+                assert_same(m.run(feeds), want)
+        assert set(proxy.faults()) == set(KINDS), proxy.faults()
+
+
 def test_weights_url_and_errors_for_missing_things(served):
     _, url = served
     with Http(f"{url}/conv/{WEIGHTS_FILE}") as h:

@@ -226,3 +226,60 @@ def test_fp16_stored_weights_chunk_within_the_budget_stored_plus_widened():
     assert spans and max(spans) == 8 and sum(spans) == w_rows
     assert max(r1 - r0 for name, r0, r1 in prov32.ranges if name == wname) == 12
     np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
+
+
+class FlakyRows(CountingNoCache):
+    """A provider that, like Http streaming a tensor, checks a chunked weight only after the op
+    returns: ``finish_rows`` raises WeightsRetry the first ``failures`` times (for any name in
+    ``names``), and ``reads_rows`` answers per tensor."""
+
+    def __init__(self, path, names, failures):
+        super().__init__(path)
+        self.names, self.failures, self.finished = set(names), failures, []
+
+    def reads_rows(self, name):
+        return name in self.names
+
+    def finish_rows(self, name):
+        self.finished.append(name)
+        if self.failures:
+            self.failures -= 1
+            raise wp.WeightsRetry(f"tensor {name!r}: checksum mismatch over the streamed rows")
+
+
+@pytest.mark.parametrize("failures", [0, 1, 3])
+def test_weights_retry_reruns_the_op_and_gives_the_clean_output(failures):
+    """An op whose streamed rows turn out corrupt is run again (each run reads the rows afresh),
+    up to interpreter.STREAM_RERUNS times, and the output is the one from clean rows."""
+    name, model, feeds, weight = CASES[1]          # conv-channels-last: w2 chunked, w1 not
+    want, _ = _run(model, feeds, 0)                 # nothing chunked
+    with tempfile.TemporaryDirectory() as d:
+        convert_model_proto(model, d + "/m")
+        opts = onnxstream_py.RunOptions(backend="native", threads=2, max_weight_chunk_bytes=700)
+        outs = []
+        for k in (0, failures):
+            p = FlakyRows(d + "/m", {weight}, k)
+            with onnxstream_py.Model(d + "/m", provider=p, options=opts) as m:
+                assert m._streamed == {weight}       # only what reads_rows allows is chunked
+                outs.append(m.run(feeds)["y"])
+    assert outs[1].tobytes() == outs[0].tobytes()
+    assert np.abs(outs[1] - want).max() <= 1e-6 * np.abs(want).max()
+    assert p.finished == [weight] * (failures + 1)
+    full = sum(1 for n, _, _ in p.ranges if n == weight)
+    assert full % (failures + 1) == 0 and full // (failures + 1) > 1   # every run read every chunk
+    assert "w1" in p.whole and weight not in p.whole
+
+
+def test_weights_retry_past_the_reruns_is_an_op_error_naming_the_node():
+    from onnxstream_py.errors import OpError
+    from onnxstream_py.interpreter import STREAM_RERUNS
+    name, model, feeds, weight = CASES[1]
+    with tempfile.TemporaryDirectory() as d:
+        convert_model_proto(model, d + "/m")
+        p = FlakyRows(d + "/m", {weight}, STREAM_RERUNS + 1)
+        opts = onnxstream_py.RunOptions(backend="native", max_weight_chunk_bytes=700)
+        with onnxstream_py.Model(d + "/m", provider=p, options=opts) as m:
+            with pytest.raises(OpError) as ei:
+                m.run(feeds)
+    msg = str(ei.value)
+    assert "(Conv)" in msg and "checksum mismatch" in msg and f"after {STREAM_RERUNS} rerun" in msg

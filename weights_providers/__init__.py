@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from .base import WeightsProvider
 from .disk import DiskNoCache, DiskPrefetch
-from .format import WeightsError
+from .format import WeightsError, WeightsRetry
 from .http import Http
 from .ram import Ram
 
-__all__ = ["WeightsProvider", "DiskNoCache", "DiskPrefetch", "Ram", "Http", "WeightsError", "open_provider",
+__all__ = ["WeightsProvider", "DiskNoCache", "DiskPrefetch", "Ram", "Http", "WeightsError", "WeightsRetry", "open_provider",
            "PROVIDER_KINDS"]
 
 PROVIDER_KINDS = {

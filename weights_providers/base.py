@@ -13,6 +13,10 @@ How the engine drives a provider, per run:
     restart()          at the start of every later run (rewind to the start of the plan).
     get(name)          just before an op that needs the weight ...
     get_rows(name, r)  ... or, for Gather from a huge table, only the rows ``r`` of it;
+    finish_rows(name)  when an op that read ``name`` in chunks of rows returns, before its
+                       output is used: a provider that checks a streamed tensor's checksum
+                       only at its end raises WeightsRetry here (or from the last get_rows),
+                       and the engine runs the op again;
     release(name)      right after that op: the engine holds no reference any more.
     drop(name)         instead of release, when the engine keeps a derived copy (a packed
                        operator) and will not ask for ``name`` while it lasts: a caching
@@ -23,6 +27,9 @@ Attribute ``reads_row_ranges`` (default False): True when ``get_rows`` of a cont
 range of rows reads only those rows and holds nothing after (DiskNoCache). The engine then
 streams a weight larger than ``RunOptions.max_weight_chunk_bytes`` in chunks of rows, never
 holding it whole; with False it asks for whole tensors (a read-ahead or a cache wants them).
+``reads_rows(name)`` answers the same per tensor (default: ``reads_row_ranges``), for a
+provider that streams only some tensors by rows (Http: those larger than its read-ahead
+budget). The engine leaves the names it reads by rows out of ``plan``.
 
 Arrays handed out must be treated as read-only by the caller (the engine never modifies
 an input in place); a provider may hand out the same array object more than once.
@@ -55,6 +62,13 @@ class WeightsProvider(abc.ABC):
     def drop(self, name: str) -> None:
         """Hint: like release, and the engine will not need ``name`` again for a while."""
         self.release(name)
+
+    def reads_rows(self, name: str) -> bool:
+        """Whether the engine should read ``name`` in chunks of rows (see the module text)."""
+        return self.reads_row_ranges
+
+    def finish_rows(self, name: str) -> None:
+        """Hint: an op read ``name`` by rows and returned; raise WeightsRetry to have it rerun."""
 
     def restart(self) -> None:
         """Hint: a new run starts; requests follow the plan from its beginning again."""

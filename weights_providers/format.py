@@ -38,6 +38,12 @@ class WeightsError(Exception):
     """A weight could not be read: names the tensor, the file and the cause."""
 
 
+class WeightsRetry(WeightsError):
+    """Rows of a weight already handed to an op turned out corrupt (a provider that streams a
+    tensor checks its checksum when the last rows arrive): the op's output must be discarded
+    and the op run again, which reads fresh bytes. Raised from ``get_rows`` or ``finish_rows``."""
+
+
 def encode_name(name: str) -> str:
     """Percent-encode a tensor name into one whitespace-free, comma-free token.
 

@@ -34,8 +34,11 @@ Trade-offs and rules:
     the wanted range are read and discarded in 1 MiB pieces, the wanted bytes read, and the
     connection closed (never buffering the body). Correct but slow (each tensor re-reads
     the file from its start); ``range_ignored`` tells.
+  * Streaming (``stream=True``): tensors above the read-ahead budget are read by rows, a
+    chunk at a time with the next one downloading, and checked when their last rows arrive
+    (a mismatch is WeightsRetry: the engine reruns the op); see the Http docstring.
   * Connections: ``connections`` keep-alive http.client connections (the read-ahead thread
-    and the engine thread each use one), HTTPS through ssl's default context (certificate
+    and the engine thread each use one; one more for the streaming thread), HTTPS through ssl's default context (certificate
     and host name verified). ``token_env="HF_TOKEN"`` sends ``Authorization: Bearer $HF_TOKEN``
     when that variable is set. Redirects are followed for the first requests of a file
     (a hub answering 302 to a CDN); the token is sent only to the original host.
@@ -63,7 +66,7 @@ from urllib.parse import urljoin, urlsplit
 import numpy as np
 
 from .base import WeightsProvider
-from .format import ALIGN, WEIGHTS_FILE, TensorEntry, WeightsError, WeightsIndex, decode_tensor
+from .format import ALIGN, WEIGHTS_FILE, TensorEntry, WeightsError, WeightsIndex, WeightsRetry, decode_tensor
 from .readahead import ReadAhead
 from .tensorfile import verify_mode
 
@@ -545,26 +548,40 @@ class Http(WeightsProvider):
     ``merge_bytes``: adjacent tensors are fetched together while the span stays this small.
     ``token_env``: name of an environment variable holding a bearer token (e.g. "HF_TOKEN").
     ``verify``: "always" (default; "first" means the same here) or "never".
+    ``stream``: tensors larger than the read-ahead budget are read by rows (``reads_rows``),
+        as DiskNoCache reads them: the engine computes a big weight's op in chunks of rows
+        (RunOptions.max_weight_chunk_bytes) while the next chunk downloads (one range request
+        ahead, on a thread of its own, with one more connection), so a 118 MB weight never
+        sits whole in memory. The checksum covers the whole tensor, so it is checked when the
+        last rows arrive; a mismatch raises WeightsRetry and the engine runs the op again
+        (never an output from corrupt bytes). Off by default: chunked ops are slower than
+        whole ones and a K-split MatMul sums in another order (outputs then match DiskNoCache
+        bitwise, not DiskPrefetch); a model URL opened with the "nocache" provider kind gets
+        ``budget_bytes=0, stream=True``, the least memory.
     """
 
     def __init__(self, base_url: str, budget_bytes: int = 32 * MiB, connections: int = 2,
                  timeout: float = 10.0, retries: int = 6, token_env: str | None = None, *,
                  deadline: float = 300.0, merge_bytes: int = MiB, backoff: float = 0.25,
                  max_backoff: float = 8.0, retry_after_cap: float = 30.0, verify="always",
-                 seed: int | None = None, parallel: int = 1):
+                 seed: int | None = None, parallel: int = 1, stream: bool = False):
         if not is_url(base_url):
             raise ValueError(f"Http: {base_url!r} is not an http:// or https:// URL")
         if parallel < 1:
             raise ValueError(f"Http: parallel must be >= 1, got {parallel}")
         self.parallel = int(parallel)
+        self.stream = bool(stream)
         self._pool: ThreadPoolExecutor | None = None
+        self._stream_pool: ThreadPoolExecutor | None = None
+        self._streams: dict[str, _Stream] = {}     # tensors being read by rows, in order
+        self.stream_counts = {"streams": 0, "out_of_order": 0, "checksum_reruns": 0}
         self._closed = False
         self._mappings = _Mappings()
         self.base_url = base_url
         self.url = base_url if base_url.lower().endswith(".bin") else join_url(base_url, WEIGHTS_FILE)
         self.verify = verify_mode(verify) != "never"
         self.merge_bytes = int(merge_bytes)
-        self._client = _Client(connections, timeout, retries, deadline, backoff, max_backoff,
+        self._client = _Client(connections + (1 if stream else 0), timeout, retries, deadline, backoff, max_backoff,
                                retry_after_cap, token_env, seed)
         self._lock = threading.Lock()
         self._stash: dict[str, np.ndarray] = {}     # merged neighbours, fetched but not yet asked for
@@ -753,7 +770,7 @@ class Http(WeightsProvider):
         c = self._client
         return {"requests": c.requests, "bytes_received": c.bytes_received,
                 "failures": dict(c.failures), "range_ignored": c.range_ignored,
-                "buffers_reused": self._mappings.reused}
+                "buffers_reused": self._mappings.reused, **self.stream_counts}
 
     def plan(self, order: Sequence[str]) -> None:
         unknown = [n for n in dict.fromkeys(order) if n not in self.index]
@@ -768,14 +785,24 @@ class Http(WeightsProvider):
     def restart(self) -> None:
         with self._lock:
             self._stash.clear()
+            self._streams.clear()
         self.readahead.restart()
 
     def get(self, name: str) -> np.ndarray:
         return self.readahead.take(self.index[name])
 
+    def reads_rows(self, name: str) -> bool:
+        """Tensors larger than the read-ahead budget are streamed by rows (``stream``)."""
+        entry = self.index.entries.get(name)
+        return self.stream and entry is not None and bool(entry.shape) and entry.nbytes > self.budget_bytes
+
     def get_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
-        # The whole tensor is fetched (its checksum covers all of it), then indexed.
         entry = self.index[name]
+        span = _row_range(rows, entry)
+        if span is not None and self.reads_rows(name):
+            return self._stream_rows(entry, *span)
+        # Anything else (Gather from a table): the whole tensor is fetched (its checksum
+        # covers all of it), then indexed.
         with self._lock:
             self._skip.add(name)
         self.readahead.exclude(name)
@@ -784,18 +811,105 @@ class Http(WeightsProvider):
             table = self._fetch(entry)
         return np.take(table, np.asarray(rows, dtype=np.int64), axis=0)
 
+    def finish_rows(self, name: str) -> None:
+        """The op that streamed ``name`` returned: if it stopped before the last rows, the
+        rest is fetched (and discarded) to complete the checksum of the rows it used."""
+        with self._lock:
+            st = self._streams.pop(name, None)
+        if st is None or st.whole is not None or not self.verify:
+            return
+        entry, c = st.entry, self._client
+        scratch = memoryview(self._mappings.empty(min(entry.nbytes - st.pos, 8 * PIECE)))
+        crc = st.crc
+        while st.pos < entry.nbytes:
+            n = min(len(scratch), entry.nbytes - st.pos)
+            part = [0]
+            c.fetch_range(self.url, entry.offset + st.pos, scratch[:n],
+                          f"tensor {entry.name!r}, bytes {st.pos}.. (checksum of the rest)", crc=part)
+            crc = crc32_combine(crc, part[0], n)
+            st.pos += n
+        self._end_stream(st, crc)
+
+    def release(self, name: str) -> None:
+        with self._lock:
+            self._streams.pop(name, None)
+
+    def _stream_rows(self, entry: TensorEntry, r0: int, r1: int) -> np.ndarray:
+        """Rows [r0, r1) of a streamed tensor. In-order requests continue one running CRC-32
+        and take the range fetched ahead for them (the next range of the same size is
+        requested at once); the request that reaches the end checks the CRC. Any other
+        request fetches the whole tensor, checked, and serves rows from it until release."""
+        row_bytes = entry.nbytes // entry.shape[0]
+        a, b = r0 * row_bytes, r1 * row_bytes
+        with self._lock:
+            st = self._streams.get(entry.name)
+            if st is None:
+                st = self._streams[entry.name] = _Stream(entry)
+                self.stream_counts["streams"] += 1
+            ahead, st.ahead = st.ahead, None
+        if st.whole is None and a != st.pos:
+            self.stream_counts["out_of_order"] += 1
+            st.whole = self._fetch(entry)
+        if st.whole is not None:
+            return st.whole[r0:r1]
+        if ahead is not None and ahead[:2] == (a, b):
+            raw, crc = ahead[2].result()     # raises the WeightsError the fetch ended with
+        else:
+            raw, crc = self._fetch_bytes(entry, a, b)
+        del ahead
+        st.pos, st.crc = b, crc32_combine(st.crc, crc, b - a) if self.verify else 0
+        if b == entry.nbytes:
+            with self._lock:
+                self._streams.pop(entry.name, None)
+            self._end_stream(st, st.crc)
+        else:
+            nxt = min(entry.nbytes, b + (b - a))
+            st.ahead = (b, nxt, self._streamer().submit(self._fetch_bytes, entry, b, nxt))
+        out = np.frombuffer(raw, dtype=entry.dtype.newbyteorder("<")).reshape((r1 - r0,) + entry.shape[1:])
+        if out.dtype != entry.dtype:
+            out = out.astype(entry.dtype)
+        out.flags.writeable = False
+        return out
+
+    def _fetch_bytes(self, entry: TensorEntry, a: int, b: int) -> tuple[np.ndarray, int]:
+        """Bytes [a, b) of ``entry`` and their CRC-32 (0 without verify)."""
+        raw = self._mappings.empty(b - a, entry.offset + a)
+        crc = [0]
+        self._client.fetch_range(self.url, entry.offset + a, memoryview(raw),
+                                 f"tensor {entry.name!r}, bytes {a}..{b} of {entry.nbytes}",
+                                 crc=crc if self.verify else None)
+        return raw, crc[0]
+
+    def _end_stream(self, st: "_Stream", crc: int) -> None:
+        bad = _mismatch(st.entry, crc) if self.verify else None
+        if bad is not None:
+            self.stream_counts["checksum_reruns"] += 1
+            self._client._note(bad)
+            raise WeightsRetry(f"{self.url}: {bad} over the rows streamed to the op")
+
+    def _streamer(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._stream_pool is None:
+                if self._closed:
+                    raise WeightsError(f"{self.url}: the provider is closed")
+                self._stream_pool = ThreadPoolExecutor(1, thread_name_prefix="onnxstream-http-stream")
+            return self._stream_pool
+
     def close(self) -> None:
         ra = getattr(self, "readahead", None)
         if ra is not None:
             ra.close()
         with self._lock:
             self._stash.clear()
+            self._streams.clear()
             self._closed = True
-            pool, self._pool = self._pool, None
+            pools = [self._pool, self._stream_pool]
+            self._pool = self._stream_pool = None
         self._mappings.close()
-        if pool is not None:
-            # parts in flight end at their deadline at the latest; none is waited for here
-            pool.shutdown(wait=False, cancel_futures=True)
+        for pool in pools:
+            if pool is not None:
+                # fetches in flight end at their deadline at the latest; none is waited for here
+                pool.shutdown(wait=False, cancel_futures=True)
         self._client.close()
 
     def __del__(self):
@@ -813,6 +927,33 @@ def _mismatch(entry: TensorEntry, crc: int) -> str | None:
     if crc == entry.crc32:
         return None
     return f"checksum mismatch in tensor {entry.name!r} (crc32 {crc:08x}, index says {entry.crc32:08x})"
+
+
+class _Stream:
+    """A tensor the engine reads by rows: bytes [0, pos) handed out, their CRC-32 ``crc``; the
+    range fetched ahead ``(begin, end, future)``; or, after an out-of-order request, ``whole``."""
+
+    __slots__ = ("entry", "pos", "crc", "ahead", "whole")
+
+    def __init__(self, entry: TensorEntry):
+        self.entry = entry
+        self.pos = 0
+        self.crc = 0
+        self.ahead: tuple | None = None
+        self.whole: np.ndarray | None = None
+
+
+def _row_range(rows, entry: TensorEntry) -> tuple[int, int] | None:
+    """(r0, r1) when ``rows`` is the 1-d run r0, r0+1, ..., r1-1 of rows of ``entry``, else None."""
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or not rows.size or rows.dtype.kind not in "iu" or not entry.shape:
+        return None
+    r0, r1 = int(rows[0]), int(rows[-1]) + 1
+    if not 0 <= r0 < r1 <= entry.shape[0] or r1 - r0 != rows.size:
+        return None
+    if rows.size > 1 and not bool(np.all(np.diff(rows) == 1)):
+        return None
+    return r0, r1
 
 
 def _split(n: int, parallel: int) -> list[tuple[int, int]]:
