@@ -296,7 +296,21 @@ void osn_winograd_gemm_delete(osn_winograd_gemm* g) {
     free(g);
 }
 
-int osn_winograd_gemm_create(osn_winograd_gemm** out, const float* u, size_t positions, size_t cout, size_t cin) {
+struct create_ctx {
+    osn_winograd_gemm* g;
+    const float* u;
+    int status[MAX_POSITIONS];
+};
+
+static void create_task(void* arg, size_t e) {
+    struct create_ctx* c = arg;
+    osn_winograd_gemm* g = c->g;
+    c->status[e] = (int)xnn_create_fully_connected_nc_f32(g->cin, g->cout, g->cin, g->cout, c->u + e * g->cout * g->cin,
+                                                          NULL, -INFINITY, INFINITY, OSN_XNN_FLAGS, &g->ops[e]);
+}
+
+int osn_winograd_gemm_create(osn_winograd_gemm** out, osn_pool* pool, const float* u, size_t positions, size_t cout,
+                             size_t cin) {
     if (!out || !u || positions == 0 || positions > MAX_POSITIONS || cout == 0 || cin == 0)
         return OSN_E_INVALID_ARGUMENT;
     *out = NULL;
@@ -305,12 +319,14 @@ int osn_winograd_gemm_create(osn_winograd_gemm** out, const float* u, size_t pos
     g->positions = positions;
     g->cout = cout;
     g->cin = cin;
+    /* XNNPACK packs each operator's weights on the thread that creates it: the positions'
+     * operators are independent, so their packing is spread over the pool too */
+    struct create_ctx c = {g, u, {0}};
+    pthreadpool_parallelize_1d(osn_pool_handle(pool), create_task, &c, positions, OSN_PARALLEL_FLAGS);
     for (size_t e = 0; e < positions; e++) {
-        const enum xnn_status st = xnn_create_fully_connected_nc_f32(
-            cin, cout, cin, cout, u + e * cout * cin, NULL, -INFINITY, INFINITY, OSN_XNN_FLAGS, &g->ops[e]);
-        if (st != xnn_status_success) {
+        if (c.status[e] != 0) {
             osn_winograd_gemm_delete(g);
-            return (int)st;
+            return c.status[e];
         }
     }
     *out = g;

@@ -73,6 +73,7 @@ typedef struct osn_winograd_gemm osn_winograd_gemm;
 
 int osn_winograd_gemm_create(
     osn_winograd_gemm** gemm_out,  /* the created object */
+    osn_pool* pool,              /* threads packing the positions' operators (NULL: the calling thread) */
     const float* u,              /* [positions, cout, cin] transformed weight */
     size_t positions,            /* alpha^2: 36 or 16 */
     size_t cout,

@@ -149,6 +149,8 @@ class Interpreter:
                                    if n and (j in step.weight_inputs or n in graph.consts))
                     self._slots[i] = CacheSlot(cache, i, tuple(step.node.inputs[j] for j in pos), pos, static)
         self._chunked = self._chunked_weights()
+        if getattr(plan.options, "malloc_trim_slack_bytes", None) is not None and malloc.available():
+            malloc.limit_arenas(1)      # memory freed on any thread serves every thread (malloc.py)
         # Optional ``observer(node, outputs)`` called after each op with its output arrays
         # (calibrate.py records activation ranges through it); None: one test per op, nothing more.
         self.observer = None

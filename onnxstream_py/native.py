@@ -882,10 +882,11 @@ def winograd_output_f32(y: np.ndarray, mm: np.ndarray, bias: np.ndarray | None, 
 
 class WinogradGemm(_OwnedOperator):
     """The alpha^2 GEMMs M[e] = V[e] @ U[e]^T of a Winograd convolution on XNNPACK
-    fully-connected operators (U[e] packed at creation; u may be freed after), run as one
-    parallel pass over the positions e, each GEMM single-threaded (osn_k_winograd.h)."""
+    fully-connected operators (U[e] packed at creation, the positions spread over ``pool``; u
+    may be freed after), run as one parallel pass over the positions e, each GEMM
+    single-threaded (osn_k_winograd.h)."""
 
-    def __init__(self, u: np.ndarray):
+    def __init__(self, u: np.ndarray, pool: ThreadPool | None = None):
         what = f"Winograd GEMMs (XNNPACK) U {getattr(u, 'shape', '?')}"
         _need(what, u, "U", (np.float32,))
         if u.ndim != 3 or u.shape[0] not in (16, 36) or 0 in u.shape:
@@ -893,7 +894,8 @@ class WinogradGemm(_OwnedOperator):
         self.positions, self.cout, self.cin = (int(d) for d in u.shape)
         self._what = what
         h = ffi.new("osn_winograd_gemm **")
-        _check(lib.osn_winograd_gemm_create(h, ptr(u, "float *"), self.positions, self.cout, self.cin), what)
+        _check(lib.osn_winograd_gemm_create(h, _pool_ptr(pool), ptr(u, "float *"), self.positions, self.cout,
+                                            self.cin), what)
         self._op = h[0]
 
     def run(self, v: np.ndarray, mm: np.ndarray, pool: ThreadPool | None = None) -> np.ndarray:

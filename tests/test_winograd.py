@@ -112,15 +112,22 @@ def test_matrices_compute_a_correlation(m):
 
 
 @pytest.mark.parametrize("positions", [36, 16])
-def test_xnnpack_gemms_match_numpy(pool, positions):
+@pytest.mark.parametrize("packed_on", ["caller", "pool"])
+def test_xnnpack_gemms_match_numpy(pool, positions, packed_on):
+    """The operators (packed on the calling thread, or spread over the pool) give numpy's GEMMs,
+    the same bits either way."""
     rng = np.random.default_rng(8)
     u = rng.standard_normal((positions, 19, 127)).astype(np.float32)
     v = native.xnn_empty((positions, 13, 127), np.float32)
     v[...] = rng.standard_normal(v.shape)
     mm = np.empty((positions, 13, 19), np.float32)
-    with native.WinogradGemm(u) as g:
+    with native.WinogradGemm(u) as g0:
+        want = np.empty_like(mm)
+        g0.run(v, want, pool)
+    with native.WinogradGemm(u, pool if packed_on == "pool" else None) as g:
         g.run(v, mm, pool)
         np.testing.assert_allclose(mm, np.matmul(v, u.transpose(0, 2, 1)), rtol=1e-5, atol=1e-4)
+        np.testing.assert_array_equal(mm, want)
         with pytest.raises(ValueError, match="must be"):
             g.run(v[:, :, :100].copy(), mm, pool)
         with pytest.raises(ValueError, match="must be"):

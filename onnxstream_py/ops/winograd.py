@@ -124,7 +124,7 @@ class PreparedWinograd:
         u = native.winograd_weight_f32(w, self.m, pool=pool)
         self.nbytes = u.nbytes
         self.u = u if gemm == "blas" else None
-        self.xnn = native.WinogradGemm(u) if gemm == "xnnpack" else None
+        self.xnn = native.WinogradGemm(u, pool) if gemm == "xnnpack" else None
         self.bias = None if b is None else np.ascontiguousarray(b, dtype=np.float32)
         self.nbytes += 0 if self.bias is None else self.bias.nbytes
         self.closed = False
@@ -219,7 +219,7 @@ def conv2d_winograd(x, w, b, pads, pool=None, variant: str = "f4", prepared: Pre
                 u = native.winograd_weight_f32(np.ascontiguousarray(w), m, c0, c1, pool=pool)
             bias = None if b is None else np.ascontiguousarray(b[c0:c1])
             if gemm == "xnnpack":
-                xnn, u = native.WinogradGemm(u), None
+                xnn, u = native.WinogradGemm(u, pool), None
         try:
             ut = None if u is None else u.transpose(0, 2, 1)      # [alpha^2, Cin, cols]
             for t0 in range(0, total, chunk):
