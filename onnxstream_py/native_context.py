@@ -16,10 +16,13 @@ ON_ARM = platform.machine().lower() in ("aarch64", "arm64", "armv7l", "armv8l")
 DEFAULT_KERNEL = "xnnpack" if ON_ARM else "blas"
 CONV_XNNPACK_MIN_PIXELS = 32 * 32
 WINOGRAD_MIN_CHANNELS = 64
-# Streamed (the weight transformed every run), Winograd wins from 64x64 output pixels up:
-# tuned on the synthetic SD 1.5 UNet and VAE decoder (2 threads, x86), whole or in chunks,
-# 1.1-2.4x XNNPACK's direct convolution there; at 32x32 it is a toss-up, below it loses.
-WINOGRAD_STREAMED_MIN_PIXELS = 64 * 64
+# Streamed (the weight transformed and packed every run), Winograd wins from 32x32 output
+# pixels up: 64x64 and larger tuned at 1.1-2.4x XNNPACK's direct convolution on the synthetic
+# SD 1.5 UNet and VAE decoder (2 threads, x86); at 32x32 (640 channels) 30 vs ~39 ms once the
+# GEMM operators were packed on the pool (scripts/bench_winograd.py --only unet: "f4 xnn
+# streamed" against "xnnpack" + its packing); at 16x16 (1280) a toss-up, so not taken. The SD
+# pipeline's UNet (10 steps, untuned): 135 s with the 64x64 threshold, 121-128 s with 32x32.
+WINOGRAD_STREAMED_MIN_PIXELS = 32 * 32
 
 
 class NativeContext:
@@ -37,9 +40,9 @@ class NativeContext:
         applies: 3x3 stride 1, float32) on x86 for >= WINOGRAD_MIN_CHANNELS channels in and out
         when its transformed weight is cached (operator cache): measured there at 2.6-3.5x
         XNNPACK's direct convolution (scripts/bench_winograd.py). Streamed, the per-run weight
-        transform lost at 32x32 and 16x16 and made the streamed UNet slower (5.3 -> 5.7 s), so
-        streaming takes it by default only from WINOGRAD_STREAMED_MIN_PIXELS output pixels up,
-        elsewhere where `onnxstream tune` measured it faster. Unmeasured on ARM."""
+        transform and packing lose at 16x16, so streaming takes it by default only from
+        WINOGRAD_STREAMED_MIN_PIXELS output pixels up, elsewhere where `onnxstream tune`
+        measured it faster. Unmeasured on ARM."""
         if (winograd_ok and not ON_ARM and channels >= WINOGRAD_MIN_CHANNELS
                 and (cached or out_pixels >= WINOGRAD_STREAMED_MIN_PIXELS)):
             return "winograd"

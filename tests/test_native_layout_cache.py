@@ -289,7 +289,9 @@ def test_untuned_conv_rule_takes_winograd_streamed_only_at_large_outputs():
         expect = "xnnpack" if ON_ARM else "winograd"
         assert rule(64 * 64, True, cached=True, channels=64) == expect
         assert rule(64 * 64, True, cached=False, channels=320) == expect       # streamed or chunked
-        assert rule(32 * 32, True, cached=False, channels=320) != "winograd"    # transform not repaid
+        assert rule(32 * 32, True, cached=False, channels=640) == expect
+        assert rule(16 * 16, True, cached=False, channels=1280) != "winograd"   # transform not repaid
+        assert rule(16 * 16, True, cached=True, channels=1280) == expect
         assert rule(64 * 64, False, cached=False, channels=320) != "winograd"   # not a 3x3 stride-1 conv
         assert rule(64 * 64, True, cached=False, channels=32) != "winograd"
     finally:
