@@ -160,12 +160,12 @@ class Interpreter:
         than max_weight_chunk_bytes, at positions the op's ``_weight_refs`` default names, when
         the provider reads row ranges cheaply and no operator cache slot wants the whole weight."""
         limit = getattr(getattr(self.ctx, "options", None), "max_weight_chunk_bytes", 0)
-        reads_rows = getattr(self.provider, "reads_rows", None)
-        if not callable(reads_rows):     # a provider not derived from WeightsProvider
-            whole = bool(getattr(self.provider, "reads_row_ranges", False))
-            reads_rows = lambda name: whole    # noqa: E731
         if not limit:
             return {}
+        reads_rows = getattr(self.provider, "reads_rows", None)
+        if not callable(reads_rows):     # a provider not derived from WeightsProvider
+            every = bool(getattr(self.provider, "reads_row_ranges", False))
+            reads_rows = lambda name: every    # noqa: E731
         accepts: dict[object, frozenset[int]] = {}
         out = {}
         for i, step in enumerate(self.plan.steps):

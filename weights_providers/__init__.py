@@ -14,8 +14,8 @@ from .format import WeightsError, WeightsRetry
 from .http import Http
 from .ram import Ram
 
-__all__ = ["WeightsProvider", "DiskNoCache", "DiskPrefetch", "Ram", "Http", "WeightsError", "WeightsRetry", "open_provider",
-           "PROVIDER_KINDS"]
+__all__ = ["WeightsProvider", "DiskNoCache", "DiskPrefetch", "Ram", "Http", "WeightsError", "WeightsRetry",
+           "open_provider", "PROVIDER_KINDS"]
 
 PROVIDER_KINDS = {
     "nocache": DiskNoCache,

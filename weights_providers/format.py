@@ -207,6 +207,22 @@ def decode_tensor(entry: TensorEntry, buf, path: str, verify: bool = True) -> np
     return arr.reshape(entry.shape)
 
 
+def row_run(flat: np.ndarray) -> tuple[int, int] | None:
+    """(r0, r1) when the 1-d integer array ``flat`` is the run r0, r0 + 1, ..., r1 - 1, else None."""
+    if flat.ndim != 1 or not flat.size or flat.dtype.kind not in "iu":
+        return None
+    r0, r1 = int(flat[0]), int(flat[-1]) + 1
+    if r1 - r0 != flat.size or (flat.size > 1 and not bool(np.all(np.diff(flat) == 1))):
+        return None
+    return r0, r1
+
+
+def decode_rows(entry: TensorEntry, buf, count: int) -> np.ndarray:
+    """``count`` rows of ``entry`` from ``buf`` (their little-endian bytes, unchecked)."""
+    rows = np.frombuffer(buf, dtype=entry.dtype.newbyteorder("<")).reshape((count,) + entry.shape[1:])
+    return rows if rows.dtype == entry.dtype else rows.astype(entry.dtype)
+
+
 def read_tensor(f: BinaryIO, entry: TensorEntry, path: str, verify: bool = True) -> np.ndarray:
     """Read one tensor from an open weights file (positioned reads, no shared seek state)."""
     buf = bytearray(entry.nbytes)

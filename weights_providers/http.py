@@ -38,8 +38,8 @@ Trade-offs and rules:
     chunk at a time with the next one downloading, and checked when their last rows arrive
     (a mismatch is WeightsRetry: the engine reruns the op); see the Http docstring.
   * Connections: ``connections`` keep-alive http.client connections (the read-ahead thread
-    and the engine thread each use one; one more for the streaming thread), HTTPS through ssl's default context (certificate
-    and host name verified). ``token_env="HF_TOKEN"`` sends ``Authorization: Bearer $HF_TOKEN``
+    and the engine thread each use one; one more for the streaming thread), HTTPS through
+    ssl's default context (certificate and host name verified). ``token_env="HF_TOKEN"`` sends ``Authorization: Bearer $HF_TOKEN``
     when that variable is set. Redirects are followed for the first requests of a file
     (a hub answering 302 to a CDN); the token is sent only to the original host.
 
@@ -66,7 +66,8 @@ from urllib.parse import urljoin, urlsplit
 import numpy as np
 
 from .base import WeightsProvider
-from .format import ALIGN, WEIGHTS_FILE, TensorEntry, WeightsError, WeightsIndex, WeightsRetry, decode_tensor
+from .format import (ALIGN, WEIGHTS_FILE, TensorEntry, WeightsError, WeightsIndex, WeightsRetry, decode_rows,
+                     decode_tensor, row_run)
 from .readahead import ReadAhead
 from .tensorfile import verify_mode
 
@@ -581,8 +582,8 @@ class Http(WeightsProvider):
         self.url = base_url if base_url.lower().endswith(".bin") else join_url(base_url, WEIGHTS_FILE)
         self.verify = verify_mode(verify) != "never"
         self.merge_bytes = int(merge_bytes)
-        self._client = _Client(connections + (1 if stream else 0), timeout, retries, deadline, backoff, max_backoff,
-                               retry_after_cap, token_env, seed)
+        self._client = _Client(connections + (1 if stream else 0), timeout, retries, deadline, backoff,
+                               max_backoff, retry_after_cap, token_env, seed)
         self._lock = threading.Lock()
         self._stash: dict[str, np.ndarray] = {}     # merged neighbours, fetched but not yet asked for
         self._planned: set[str] = set()
@@ -798,9 +799,9 @@ class Http(WeightsProvider):
 
     def get_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         entry = self.index[name]
-        span = _row_range(rows, entry)
-        if span is not None and self.reads_rows(name):
-            return self._stream_rows(entry, *span)
+        run = row_run(np.asarray(rows)) if self.reads_rows(name) else None
+        if run is not None and 0 <= run[0] and run[1] <= entry.shape[0]:
+            return self._stream_rows(entry, *run)
         # Anything else (Gather from a table): the whole tensor is fetched (its checksum
         # covers all of it), then indexed.
         with self._lock:
@@ -865,9 +866,7 @@ class Http(WeightsProvider):
         else:
             nxt = min(entry.nbytes, b + (b - a))
             st.ahead = (b, nxt, self._streamer().submit(self._fetch_bytes, entry, b, nxt))
-        out = np.frombuffer(raw, dtype=entry.dtype.newbyteorder("<")).reshape((r1 - r0,) + entry.shape[1:])
-        if out.dtype != entry.dtype:
-            out = out.astype(entry.dtype)
+        out = decode_rows(entry, raw, r1 - r0)
         out.flags.writeable = False
         return out
 
@@ -941,19 +940,6 @@ class _Stream:
         self.crc = 0
         self.ahead: tuple | None = None
         self.whole: np.ndarray | None = None
-
-
-def _row_range(rows, entry: TensorEntry) -> tuple[int, int] | None:
-    """(r0, r1) when ``rows`` is the 1-d run r0, r0+1, ..., r1-1 of rows of ``entry``, else None."""
-    rows = np.asarray(rows)
-    if rows.ndim != 1 or not rows.size or rows.dtype.kind not in "iu" or not entry.shape:
-        return None
-    r0, r1 = int(rows[0]), int(rows[-1]) + 1
-    if not 0 <= r0 < r1 <= entry.shape[0] or r1 - r0 != rows.size:
-        return None
-    if rows.size > 1 and not bool(np.all(np.diff(rows) == 1)):
-        return None
-    return r0, r1
 
 
 def _split(n: int, parallel: int) -> list[tuple[int, int]]:

@@ -27,7 +27,7 @@ import zlib
 
 import numpy as np
 
-from .format import WEIGHTS_FILE, TensorEntry, WeightsError, WeightsIndex, decode_tensor
+from .format import WEIGHTS_FILE, TensorEntry, WeightsError, WeightsIndex, decode_rows, decode_tensor, row_run
 
 CHUNK_BYTES = 1 << 20
 # Tensors at least this big are memory-mapped (below it a mapping costs more than a copy).
@@ -139,16 +139,15 @@ class TensorFile:
 
         row_shape = entry.shape[1:]
         row_bytes = entry.nbytes // n if n else 0
-        if flat.size > 1 and flat[-1] - flat[0] == flat.size - 1 and bool(np.all(np.diff(flat) == 1)):
+        run = row_run(flat) if flat.size > 1 else None
+        if run is not None:
             # A contiguous range (the engine streaming a big weight in chunks of rows):
             # one small mapping of just those rows, unmapped when the caller drops the array.
-            r0, r1 = int(flat[0]), int(flat[-1]) + 1
+            r0, r1 = run
             if self.use_mmap and (r1 - r0) * row_bytes >= MMAP_MIN_BYTES:
                 buf = self._map(entry, r0 * row_bytes, (r1 - r0) * row_bytes)
                 if buf is not None:
-                    out = np.frombuffer(buf, dtype=entry.dtype.newbyteorder("<")).reshape((r1 - r0,) + row_shape)
-                    out = out.reshape(rows.shape + row_shape)
-                    return out if out.dtype == entry.dtype else out.astype(entry.dtype)
+                    return decode_rows(entry, buf, r1 - r0).reshape(rows.shape + row_shape)
         uniq, inverse = np.unique(flat, return_inverse=True)
         buf = np.empty((len(uniq),) + row_shape, dtype=entry.dtype.newbyteorder("<"))
         raw = buf.reshape(-1).view(np.uint8)
