@@ -104,7 +104,12 @@ def cmd_tune(args) -> int:
     feeds = _parse_inputs(args.input)
     kernel_choice.clear()
     t0 = time.perf_counter()
-    path = tune_model(args.model_dir, feeds, threads=args.threads, provider=args.provider)
+    from .sd.pipeline import parse_memory
+    from .tune import CACHED_PASS_MIN_BYTES, default_cache_bytes
+    cache = parse_memory(args.cache_bytes) if args.cache_bytes is not None else default_cache_bytes()
+    if cache < CACHED_PASS_MIN_BYTES:
+        print(f"operator cache budget {cache / 2**20:.0f} MiB: the cached pass (Ram provider's choices) is skipped")
+    path = tune_model(args.model_dir, feeds, threads=args.threads, provider=args.provider, cache_bytes=cache)
     for e in kernel_choice.table():
         secs = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in sorted(e["seconds"].items()))
         print(f"{e['key'][0]:8s} {e['choice']:8s} ({secs})  {e['key'][1:]}")
@@ -175,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inputs at the sizes you will run (one per model input)")
     t.add_argument("--provider", default="prefetch")
     t.add_argument("--threads", type=int, default=None, help="the thread count you will run with")
+    t.add_argument("--cache-bytes", default=None, metavar="SIZE",
+                   help="operator cache of the cached pass, e.g. 2G (default: half the available memory; "
+                        "below 256M that pass is skipped)")
     t.set_defaults(fn=cmd_tune)
 
     from .sd import cli as sd_cli

@@ -10,6 +10,7 @@ budget caches only what fits.
 """
 from __future__ import annotations
 
+import os
 import tempfile
 
 import numpy as np
@@ -259,6 +260,28 @@ def test_tune_measures_streamed_cached_and_chunked_choices():
         assert any("winograd" in e["seconds"] for e in entries)        # the 3x3 stride-1 convolutions
     finally:
         kernel_choice.clear()
+
+
+def test_tune_skips_the_cached_pass_below_its_memory_floor(tmp_path):
+    """The cached pass holds every prepared operator (9.2 GiB for the SD 1.5 UNet): bounded by
+    cache_bytes (default half of MemAvailable), skipped below CACHED_PASS_MIN_BYTES."""
+    import json
+    from onnxstream_py import tune
+    model = _conv_chain_model()
+    x = np.random.default_rng(4).standard_normal((1, 8, 12, 12)).astype(np.float32)
+    convert_model_proto(model, str(tmp_path / "m"))
+    kernel_choice.clear()
+    try:
+        path = tune.tune_model(str(tmp_path / "m"), {"x": x}, threads=2, provider="ram", max_weight_chunk_bytes=500,
+                               cache_bytes=tune.CACHED_PASS_MIN_BYTES - 1)
+        with open(path) as f:
+            entries = json.load(f)["machines"][kernel_choice.machine_fingerprint()]
+        assert {e["key"][-1] for e in entries if e["key"][0] == "Conv"} == {"streamed", "chunked"}
+    finally:
+        kernel_choice.clear()
+    avail = tune.available_memory_bytes()
+    assert avail is None or 0 < avail <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert tune.default_cache_bytes() == (1 << 62 if avail is None else avail // 2)
 
 
 def test_winograd_candidate_runs_and_its_transformed_weight_is_cached():
