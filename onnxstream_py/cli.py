@@ -105,9 +105,9 @@ def cmd_tune(args) -> int:
     kernel_choice.clear()
     t0 = time.perf_counter()
     from .sd.pipeline import parse_memory
-    from .tune import CACHED_PASS_MIN_BYTES, default_cache_bytes
+    from .tune import default_cache_bytes, runs_cached_pass
     cache = parse_memory(args.cache_bytes) if args.cache_bytes is not None else default_cache_bytes()
-    if cache < CACHED_PASS_MIN_BYTES:
+    if not runs_cached_pass(cache):
         print(f"operator cache budget {cache / 2**20:.0f} MiB: the cached pass (Ram provider's choices) is skipped")
     path = tune_model(args.model_dir, feeds, threads=args.threads, provider=args.provider, cache_bytes=cache)
     for e in kernel_choice.table():

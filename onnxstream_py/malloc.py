@@ -18,8 +18,9 @@ first run while it fills; 6 trims, 8 ms, in later runs). Without trimming: 190 M
 Arenas: glibc gives each thread that allocates its own arena (up to 8 per core), and memory
 freed into one arena serves only that arena. Since the Winograd GEMMs' XNNPACK operators are
 created (their weights packed) on the pool's threads, the UNet's DiskNoCache peak RSS rose
-from 148-149 to 160-162 MiB; with one arena for the process (``limit_arenas``, set by the
-interpreter together with the trim policy) it is 148-149 MiB again. The engine allocates a
+from 148-153 to 160-162 MiB; with one arena for the process (``limit_arenas``, set by the
+interpreter together with the trim policy) it is 150-153 MiB again (148-149 with
+MALLOC_ARENA_MAX=1 from the process's start). The engine allocates a
 few times per op, so a shared arena's lock is never contended measurably.
 """
 from __future__ import annotations

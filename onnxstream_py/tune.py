@@ -17,8 +17,6 @@ CACHED_PASS_MIN_BYTES the pass is skipped (a Raspberry Pi: nothing would be cach
 """
 from __future__ import annotations
 
-import os
-
 from . import kernel_choice
 from .model import Model
 from .options import RunOptions
@@ -44,6 +42,10 @@ def default_cache_bytes() -> int:
     return 1 << 62 if avail is None else avail // 2
 
 
+def runs_cached_pass(cache_bytes: int) -> bool:
+    return cache_bytes >= CACHED_PASS_MIN_BYTES
+
+
 def tune_model(model_dir: str, feeds: dict, threads: int | None = None, provider: str = "prefetch",
                max_weight_chunk_bytes: int | None = None, cache_bytes: int | None = None) -> str | None:
     """Measure and store the choices; returns the path written (None if read-only).
@@ -56,7 +58,7 @@ def tune_model(model_dir: str, feeds: dict, threads: int | None = None, provider
     kernel_choice.clear()                  # re-measure every shape (stale choices are not loaded)
     # streaming whole weights, then with the operator cache, then streaming weights larger than
     # max_weight_chunk_bytes in chunks of rows (DiskNoCache): Conv keys tell the three apart
-    passes = [(0, provider)] + ([(cache, provider)] if cache >= CACHED_PASS_MIN_BYTES else []) + [(0, "nocache")]
+    passes = [(0, provider)] + ([(cache, provider)] if runs_cached_pass(cache) else []) + [(0, "nocache")]
     for cache_budget, prov in passes:
         opts = RunOptions(threads=threads, backend="native", kernel_choice="measure",
                           operator_cache_bytes=cache_budget, **chunk)

@@ -285,7 +285,6 @@ def test_tune_skips_the_cached_pass_below_its_memory_floor(tmp_path):
 
 
 def test_winograd_candidate_runs_and_its_transformed_weight_is_cached():
-    from onnxstream_py.ops.winograd import PreparedWinograd
     model = _conv_chain_model()
     x = np.random.default_rng(6).standard_normal((1, 8, 12, 12)).astype(np.float32)
     (want,) = ort_outputs(model, {"x": x})
