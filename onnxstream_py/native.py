@@ -1319,9 +1319,15 @@ def crc32_fast() -> bool:
     return bool(lib.osn_crc32_fast())
 
 
-def crc32(data, crc: int = 0) -> int:
+def crc32_level() -> int:
+    """The widest CRC-32 path this CPU runs: 0 table, 1 PCLMULQDQ, 2 AVX-512 VPCLMULQDQ."""
+    return int(lib.osn_crc32_level())
+
+
+def crc32(data, crc: int = 0, level: int = 2) -> int:
     """zlib.crc32(data, crc) for any C-contiguous bytes-like object (numpy array, memoryview,
-    bytes), computed in C without a copy; the numpy-free twin is zlib.crc32."""
+    bytes), computed in C without a copy; the numpy-free twin is zlib.crc32. ``level`` caps the
+    path taken (see crc32_level; tests compare each with zlib)."""
     view = memoryview(data)
     if not view.c_contiguous:
         raise ValueError("crc32: data must be C-contiguous")
@@ -1329,5 +1335,5 @@ def crc32(data, crc: int = 0) -> int:
         raise ValueError(f"crc32: crc must be a 32-bit unsigned value, got {crc}")
     if view.nbytes == 0:
         return int(crc)
-    return int(lib.osn_crc32(ffi.cast("const uint8_t *", ffi.from_buffer(view.cast("B"), require_writable=False)),
-                             view.nbytes, int(crc)))
+    return int(lib.osn_crc32_at(ffi.cast("const uint8_t *", ffi.from_buffer(view.cast("B"), require_writable=False)),
+                                view.nbytes, int(crc), int(level)))

@@ -58,7 +58,6 @@ import ssl
 import threading
 import time
 import weakref
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 from urllib.parse import urljoin, urlsplit
@@ -66,8 +65,8 @@ from urllib.parse import urljoin, urlsplit
 import numpy as np
 
 from .base import WeightsProvider
-from .format import (ALIGN, WEIGHTS_FILE, TensorEntry, WeightsError, WeightsIndex, WeightsRetry, decode_rows,
-                     decode_tensor, row_run)
+from .format import (ALIGN, WEIGHTS_FILE, TensorEntry, WeightsError, WeightsIndex, WeightsRetry, crc32,
+                     decode_rows, decode_tensor, row_run)
 from .readahead import ReadAhead
 from .tensorfile import verify_mode
 
@@ -80,18 +79,6 @@ MAX_TEXT_BYTES = 1 << 30    # graph.txt larger than this is refused (a wrong URL
 MAX_REDIRECTS = 5
 MMAP_MIN_BYTES = 1 << 16    # downloads at least this big get their own mapping (_Mappings)
 PAGE = mmap.PAGESIZE
-
-
-def _crc32_function():
-    """The native CRC-32 (carry-less multiply, ~5 GB/s here) when the extension is built and the
-    CPU has it, else zlib.crc32 (~1.5 GB/s; the same values)."""
-    try:
-        from onnxstream_py import native
-        if native.crc32_fast():
-            return native.crc32
-    except Exception:  # noqa: BLE001  extension not built / other platform: zlib is the twin
-        pass
-    return zlib.crc32
 
 
 _CRC_POLY = 0xEDB88320     # CRC-32's polynomial, reflected (bit 31 is x^0)
@@ -188,7 +175,7 @@ class _Client:
         self._ssl: ssl.SSLContext | None = None
         self._rng = random.Random(seed)
         self._closed = False
-        self.crc32 = _crc32_function()
+        self.crc32 = crc32
         # statistics (tests, benchmarks)
         self.requests = 0
         self.failures: dict[str, int] = {}

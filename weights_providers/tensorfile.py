@@ -14,7 +14,7 @@ may read at once without a shared seek position, and a tensor lands straight in 
 buffer of the returned array (allocated with ``np.empty``): no intermediate bytes object.
 Row reads (``read_rows``) fetch only the rows asked for (a contiguous range of at least
 MMAP_MIN_BYTES is mapped alone: how the engine streams a big weight in chunks); the tensor's CRC-32 is checked
-first by streaming the whole tensor through ``zlib.crc32`` in 1 MiB chunks, once per file
+first by streaming the whole tensor through CRC-32 (format.crc32) in 1 MiB chunks, once per file
 opening, so a 151 MB embedding table costs 1 MiB of memory, not 151 MB. The trade-off:
 the first row read of a big table reads it all once (from disk or page cache).
 """
@@ -23,11 +23,11 @@ from __future__ import annotations
 import mmap
 import os
 import threading
-import zlib
 
 import numpy as np
 
-from .format import WEIGHTS_FILE, TensorEntry, WeightsError, WeightsIndex, decode_rows, decode_tensor, row_run
+from .format import (WEIGHTS_FILE, TensorEntry, WeightsError, WeightsIndex, crc32, decode_rows, decode_tensor,
+                     row_run)
 
 CHUNK_BYTES = 1 << 20
 # Tensors at least this big are memory-mapped (below it a mapping costs more than a copy).
@@ -173,7 +173,7 @@ class TensorFile:
             if self._pread(entry, piece, entry.offset + done) != len(piece):
                 raise WeightsError(f"tensor {entry.name!r} in {self.path}: read stopped at byte {done} "
                                    f"of {entry.nbytes} at offset {entry.offset} (file truncated?)")
-            crc = zlib.crc32(piece, crc)
+            crc = crc32(piece, crc)
             done += len(piece)
         if crc != entry.crc32:
             raise WeightsError(f"tensor {entry.name!r} in {self.path}: checksum mismatch "
