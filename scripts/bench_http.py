@@ -3,7 +3,8 @@
 Serves the model directory with a private nginx on 127.0.0.1 (tests/nginx_server.py; the
 directory is symlinked into nginx's root, nothing copied), then runs the model in fresh
 processes: DiskPrefetch from the directory, Http from the URL, alternating, ``--runs`` runs
-each. Every child reports seconds per run, peak RSS (ru_maxrss: start-up, load and all runs),
+each. Every child reports seconds per run, CPU seconds per run (its own, and nginx's: both
+share this machine's cores; the least of its runs is printed), peak RSS (ru_maxrss: start-up, load and all runs),
 the bytes it wrote to storage during its runs (/proc/self/io write_bytes, after - before) and
 a SHA-256 of its outputs. Prints a Markdown table and the bars:
   Http seconds per run <= 1.2x DiskPrefetch's, Http peak RSS <= DiskPrefetch's + 32 MiB,
@@ -51,6 +52,22 @@ def written_bytes() -> int:
     return -1
 
 
+def nginx_cpu() -> float:
+    """CPU seconds (user + system) used so far by every nginx process on this machine."""
+    total = 0.0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"nginx" not in f.read():
+                    continue
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            pass
+    return total
+
+
 def child(args) -> None:
     sys.path.insert(0, REPO)
     import resource
@@ -65,17 +82,22 @@ def child(args) -> None:
     t0 = time.perf_counter()
     if args.provider.startswith("http"):
         budget, stream = HTTP_VARIANTS[args.provider]
-        provider = Http(args.model, budget_bytes=opts.prefetch_bytes if budget is None else budget, stream=stream)
+        if budget is None:
+            budget = opts.prefetch_bytes if args.http_budget_mib is None else args.http_budget_mib << 20
+        provider = Http(args.model, budget_bytes=budget, stream=stream)
     else:
         provider = args.provider
     model = Model(args.model, provider=provider, options=opts)
     load_s = time.perf_counter() - t0
-    times = []
+    times, cpu, server_cpu = [], [], []
     w0 = written_bytes()
     for _ in range(args.runs):
-        t1 = time.perf_counter()
+        r0, n0, t1 = resource.getrusage(resource.RUSAGE_SELF), nginx_cpu(), time.perf_counter()
         out = model.run(feeds)
         times.append(time.perf_counter() - t1)
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
+        server_cpu.append(nginx_cpu() - n0)
     w1 = written_bytes()
     digest = hashlib.sha256()
     for name in sorted(out):
@@ -83,7 +105,8 @@ def child(args) -> None:
         digest.update(np.ascontiguousarray(out[name]).tobytes())
     stats = getattr(model.provider, "stats", None)
     model.close()
-    print(json.dumps({"provider": args.provider, "load_s": load_s, "run_s": times,
+    print(json.dumps({"provider": args.provider, "load_s": load_s, "run_s": times, "cpu_s": cpu,
+                      "nginx_cpu_s": server_cpu,
                       "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                       "written": w1 - w0, "sha256": digest.hexdigest(), "stats": stats}))
 
@@ -93,20 +116,6 @@ def download_passes(url: str, runs: int) -> None:
     import resource
 
     from weights_providers import Http
-
-    def nginx_cpu() -> float:
-        total = 0.0
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if b"nginx" not in f.read():
-                        continue
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            except OSError:
-                pass
-        return total
 
     variants = {f"keep {keep}, parallel {par}": (keep, par) for keep in (0, 2) for par in (1, 2)}
     providers = {}
@@ -143,6 +152,8 @@ def download_passes(url: str, runs: int) -> None:
 def run_child(model: str, provider: str, args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--model", model, "--provider", provider,
            "--inputs", args.inputs, "--runs", str(args.runs), "--threads", str(args.threads)]
+    if args.http_budget_mib is not None:
+        cmd += ["--http-budget-mib", str(args.http_budget_mib)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"child {provider} failed:\n{r.stderr}")
@@ -159,6 +170,8 @@ def main() -> None:
     ap.add_argument("--download", action="store_true", help="fetch passes only, no compute (see above)")
     ap.add_argument("--nocache", action="store_true",
                     help="DiskNoCache against Http(budget_bytes=0) streaming big tensors by rows and not")
+    ap.add_argument("--http-budget-mib", type=int, default=None,
+                    help="Http's read-ahead budget (default: RunOptions.prefetch_bytes, as Model gives it)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--provider", default="prefetch", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -195,13 +208,15 @@ def main() -> None:
 
     print(f"model {model}, {args.runs} runs per process, {args.rounds} process(es) each, "
           f"{args.threads} threads\n")
-    print("| provider | load s | s per run (each) | best s/run | peak RSS MiB | bytes written | output sha256 |")
-    print("|---|---|---|---|---|---|---|")
+    print("| provider | load s | s per run (each) | best s/run | CPU s per run: ours + nginx | peak RSS MiB "
+          "| bytes written | output sha256 |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, rs in results.items():
         for r in rs:
+            ours, server = min(r["cpu_s"]), min(r["nginx_cpu_s"])
             print(f"| {LABELS[name]} | {r['load_s']:.2f} | "
                   f"{', '.join(f'{t:.2f}' for t in r['run_s'])} | {min(r['run_s']):.2f} | "
-                  f"{r['peak_rss_kib'] / 1024:.0f} | {r['written']} | {r['sha256'][:16]} |")
+                  f"{ours:.2f} + {server:.2f} | {r['peak_rss_kib'] / 1024:.0f} | {r['written']} | {r['sha256'][:16]} |")
     disk, https = names[0], names[1:]
     d_t, d_m = best(results[disk], "run"), best(results[disk], "rss") / 1024
     print()
