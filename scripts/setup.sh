@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras="convert"
-test_pkgs=""     # nginx: tests/test_http_provider.py serves converted models with it (as the user, no service)
-[ "${1:-}" = "--test" ] && extras="convert,test" && test_pkgs="nginx"
+test_pkgs=""     # nginx: tests/test_http_provider.py serves converted models with it (as the user, no service);
+                 # openssl: the throwaway CA and certificate of its HTTPS tests
+[ "${1:-}" = "--test" ] && extras="convert,test" && test_pkgs="nginx openssl"
 
 if command -v apt-get >/dev/null 2>&1; then
     SUDO=""

@@ -22,8 +22,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_nginx(root, work) -> tuple[subprocess.Popen, int]:
-    """nginx serving ``root`` (static files, Range honoured, sendfile) on a free port: (process, port)."""
+def make_tls_files(work) -> dict[str, str]:
+    """A throwaway CA and a certificate it signed for 127.0.0.1 and localhost, made with the
+    openssl command in ``work``: paths {"ca", "cert", "key"} (PEM)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("openssl is not installed (bash scripts/setup.sh --test)")
+    work = Path(work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    f = {k: str(work / f"{k}.pem") for k in ("ca", "ca_key", "cert", "key", "csr")}
+    ext = work / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
+
+    def run(*args):
+        subprocess.run([openssl, *args], check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=onnxstream test CA",
+        "-keyout", f["ca_key"], "-out", f["ca"])
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", f["key"], "-out", f["csr"])
+    run("x509", "-req", "-in", f["csr"], "-CA", f["ca"], "-CAkey", f["ca_key"], "-CAcreateserial",
+        "-days", "2", "-extfile", str(ext), "-out", f["cert"])
+    return {k: f[k] for k in ("ca", "cert", "key")}
+
+
+def start_nginx(root, work, tls: dict | None = None) -> tuple[subprocess.Popen, int]:
+    """nginx serving ``root`` (static files, Range honoured, sendfile) on a free port: (process, port).
+    ``tls`` (make_tls_files' paths): HTTPS with that certificate instead of plain HTTP."""
     if NGINX is None:
         raise RuntimeError("nginx is not installed (bash scripts/setup.sh --test)")
     root, work = Path(root).resolve(), Path(work).resolve()
@@ -51,7 +75,8 @@ http {{
     keepalive_requests 100000;
     keepalive_timeout 60s;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{" ssl" if tls else ""};
+        {f"ssl_certificate {tls['cert']}; ssl_certificate_key {tls['key']};" if tls else ""}
         root {root};
     }}
 }}

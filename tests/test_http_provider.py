@@ -24,7 +24,7 @@ from weights_providers import Http, WeightsError
 from weights_providers.format import WEIGHTS_FILE
 
 from fault_proxy import KINDS, Blackhole, FaultProxy
-from nginx_server import NGINX, free_port as _free_port, start_nginx, stop_nginx
+from nginx_server import NGINX, free_port as _free_port, make_tls_files, start_nginx, stop_nginx
 
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx not installed (bash scripts/setup.sh --test)")
 
@@ -292,6 +292,52 @@ def test_weights_url_and_errors_for_missing_things(served):
         Http("/tmp/model")
     with Http(f"{url}/conv") as h, pytest.raises(WeightsError, match="not in weights file"):
         h.get("no such tensor")
+
+
+# --- HTTPS ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def served_tls(served, tmp_path_factory):
+    """The same models over HTTPS: a second nginx with a certificate from a throwaway CA.
+    (CA file, base URL)."""
+    import shutil
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed (bash scripts/setup.sh --test)")
+    root, _ = served
+    work = tmp_path_factory.mktemp("nginx_tls")
+    tls = make_tls_files(work / "tls")
+    proc, port = start_nginx(root, work, tls=tls)
+    yield tls["ca"], f"https://127.0.0.1:{port}"
+    stop_nginx(proc)
+
+
+def test_https_with_a_private_ca_is_bitwise_disk(served_tls, disk_unet):
+    import ssl
+    ca, url = served_tls
+    p = Http(f"{url}/unet", ssl_context=ssl.create_default_context(cafile=ca))
+    for got in run_model(f"{url}/unet", p, unet_feeds(), runs=2):
+        assert_same(got, disk_unet)
+    assert not p.stats["failures"]
+
+
+def test_https_ca_from_ssl_cert_file_for_a_plain_model_url(served_tls, disk_unet, monkeypatch):
+    """Model("https://...") with no provider object: the default context reads SSL_CERT_FILE."""
+    ca, url = served_tls
+    monkeypatch.setenv("SSL_CERT_FILE", ca)
+    assert_same(run_model(f"{url}/unet", "prefetch", unet_feeds())[0], disk_unet)
+
+
+def test_https_untrusted_certificate_is_one_clear_error_at_once(served_tls):
+    """A certificate the context does not accept fails the same way every time: an error
+    naming the URL and the cause, with the way out, and no retries (they would back off for
+    seconds)."""
+    _, url = served_tls
+    t0 = time.monotonic()
+    with pytest.raises(WeightsError) as ei:
+        Http(f"{url}/unet", retries=6, backoff=1.0)
+    msg = str(ei.value)
+    assert time.monotonic() - t0 < 1.0, msg
+    assert url in msg and "certificate" in msg and "ssl_context" in msg and "gave up" not in msg, msg
 
 
 # --- faults ------------------------------------------------------------------------------------

@@ -39,7 +39,8 @@ Trade-offs and rules:
     (a mismatch is WeightsRetry: the engine reruns the op); see the Http docstring.
   * Connections: ``connections`` keep-alive http.client connections (the read-ahead thread
     and the engine thread each use one; one more for the streaming thread), HTTPS through
-    ssl's default context (certificate and host name verified). ``token_env="HF_TOKEN"`` sends ``Authorization: Bearer $HF_TOKEN``
+    ssl's default context (certificate and host name verified; ``ssl_context`` for another;
+    a rejected certificate is not retried). ``token_env="HF_TOKEN"`` sends ``Authorization: Bearer $HF_TOKEN``
     when that variable is set. Redirects are followed for the first requests of a file
     (a hub answering 302 to a CDN); the token is sent only to the original host.
 
@@ -154,7 +155,8 @@ class _Client:
 
     def __init__(self, connections: int = 2, timeout: float = 10.0, retries: int = 6,
                  deadline: float = 300.0, backoff: float = 0.25, max_backoff: float = 8.0,
-                 retry_after_cap: float = 30.0, token_env: str | None = None, seed: int | None = None):
+                 retry_after_cap: float = 30.0, token_env: str | None = None, seed: int | None = None,
+                 ssl_context: ssl.SSLContext | None = None):
         if connections < 1:
             raise ValueError(f"Http: connections must be >= 1, got {connections}")
         if timeout <= 0 or deadline <= 0:
@@ -172,7 +174,7 @@ class _Client:
         self._sem = threading.BoundedSemaphore(connections)
         self._lock = threading.Lock()
         self._idle: dict[tuple, list[http.client.HTTPConnection]] = {}
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl: ssl.SSLContext | None = ssl_context
         self._rng = random.Random(seed)
         self._closed = False
         self.crc32 = crc32
@@ -258,6 +260,8 @@ class _Client:
             try:
                 conn.request("GET", target, headers=headers)
                 resp = conn.getresponse()
+            except ssl.SSLCertVerificationError:
+                raise                  # not worth a retry: see below
             except (OSError, http.client.HTTPException) as e:
                 raise _Retry(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from None
             status = resp.status
@@ -306,6 +310,11 @@ class _Client:
             raise _Fatal(f"HTTP {status} {resp.reason}".strip())
         except (socket.timeout, TimeoutError) as e:
             raise _Retry(f"timed out ({e})" if str(e) else "timed out") from None
+        except ssl.SSLCertVerificationError as e:
+            # the same certificate every time: another attempt cannot succeed
+            raise _Fatal(f"TLS certificate not accepted ({e.verify_message or e}); for a private CA pass "
+                         f"Http(..., ssl_context=ssl.create_default_context(cafile=...)) or set "
+                         f"SSL_CERT_FILE") from None
         except (OSError, http.client.HTTPException) as e:
             raise _Retry(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from None
         finally:
@@ -505,10 +514,11 @@ def _content_range(value: str | None) -> tuple[int, int | None]:
 
 
 def fetch_text(url: str, *, timeout: float = 10.0, retries: int = 6, deadline: float = 300.0,
-               token_env: str | None = None, what: str | None = None) -> str:
+               token_env: str | None = None, what: str | None = None,
+               ssl_context: ssl.SSLContext | None = None) -> str:
     """A small text file (graph.txt, a JSON config) from ``url``, as str; WeightsError on failure.
     Fetched twice and compared, since text has no checksum (see the module doc)."""
-    client = _Client(1, timeout, retries, deadline, token_env=token_env)
+    client = _Client(1, timeout, retries, deadline, token_env=token_env, ssl_context=ssl_context)
     try:
         body = client.fetch_text(url, what or os.path.basename(urlsplit(url).path) or url)
     finally:
@@ -535,6 +545,10 @@ class Http(WeightsProvider):
     ``deadline``: seconds one tensor (or merged span) may take in all, retries included.
     ``merge_bytes``: adjacent tensors are fetched together while the span stays this small.
     ``token_env``: name of an environment variable holding a bearer token (e.g. "HF_TOKEN").
+    ``ssl_context``: for https:// URLs (default ``ssl.create_default_context()``: the system's
+        CAs, or the file in SSL_CERT_FILE; certificate and host name verified). A server with a
+        private CA: ``ssl.create_default_context(cafile="ca.pem")``. A certificate that is not
+        accepted is an error at once, not retried.
     ``verify``: "always" (default; "first" means the same here) or "never".
     ``stream``: tensors larger than the read-ahead budget are read by rows (``reads_rows``),
         as DiskNoCache reads them: the engine computes a big weight's op in chunks of rows
@@ -552,7 +566,8 @@ class Http(WeightsProvider):
                  timeout: float = 10.0, retries: int = 6, token_env: str | None = None, *,
                  deadline: float = 300.0, merge_bytes: int = MiB, backoff: float = 0.25,
                  max_backoff: float = 8.0, retry_after_cap: float = 30.0, verify="always",
-                 seed: int | None = None, parallel: int = 1, stream: bool = False):
+                 seed: int | None = None, parallel: int = 1, stream: bool = False,
+                 ssl_context: ssl.SSLContext | None = None):
         if not is_url(base_url):
             raise ValueError(f"Http: {base_url!r} is not an http:// or https:// URL")
         if parallel < 1:
@@ -570,7 +585,7 @@ class Http(WeightsProvider):
         self.verify = verify_mode(verify) != "never"
         self.merge_bytes = int(merge_bytes)
         self._client = _Client(connections + (1 if stream else 0), timeout, retries, deadline, backoff,
-                               max_backoff, retry_after_cap, token_env, seed)
+                               max_backoff, retry_after_cap, token_env, seed, ssl_context)
         self._lock = threading.Lock()
         self._stash: dict[str, np.ndarray] = {}     # merged neighbours, fetched but not yet asked for
         self._planned: set[str] = set()
