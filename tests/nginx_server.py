@@ -45,13 +45,19 @@ def make_tls_files(work) -> dict[str, str]:
     return {k: f[k] for k in ("ca", "cert", "key")}
 
 
-def start_nginx(root, work, tls: dict | None = None) -> tuple[subprocess.Popen, int]:
+def start_nginx(root, work, tls: dict | None = None, port: int | None = None, extra: str = "",
+                access_log: str | None = None) -> tuple[subprocess.Popen, int]:
     """nginx serving ``root`` (static files, Range honoured, sendfile) on a free port: (process, port).
-    ``tls`` (make_tls_files' paths): HTTPS with that certificate instead of plain HTTP."""
+    ``tls`` (make_tls_files' paths): HTTPS with that certificate instead of plain HTTP.
+    ``port``: this one instead of a free one. ``extra``: more configuration inside ``http {}``
+    (another server block). ``access_log``: a file getting one line per request:
+    ``<server port> "<request line>" "<Authorization header or ->"``."""
     if NGINX is None:
         raise RuntimeError("nginx is not installed (bash scripts/setup.sh --test)")
     root, work = Path(root).resolve(), Path(work).resolve()
-    port = free_port()
+    port = free_port() if port is None else port
+    log = (f'log_format seen \'$server_port "$request" "$http_authorization"\'; access_log {access_log} seen;'
+           if access_log else "access_log off;")
     for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (work / d).mkdir(parents=True, exist_ok=True)
     conf = work / "nginx.conf"
@@ -63,7 +69,7 @@ pid {work}/nginx.pid;
 error_log {work}/error.log warn;
 events {{ worker_connections 256; }}
 http {{
-    access_log off;
+    {log}
     client_body_temp_path {work}/client_body;
     proxy_temp_path {work}/proxy;
     fastcgi_temp_path {work}/fastcgi;
@@ -79,6 +85,7 @@ http {{
         {f"ssl_certificate {tls['cert']}; ssl_certificate_key {tls['key']};" if tls else ""}
         root {root};
     }}
+    {extra}
 }}
 """)
     proc = subprocess.Popen([NGINX, "-p", str(work), "-c", str(conf), "-e", str(work / "error.log")],

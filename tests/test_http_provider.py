@@ -340,6 +340,53 @@ def test_https_untrusted_certificate_is_one_clear_error_at_once(served_tls):
     assert url in msg and "certificate" in msg and "ssl_context" in msg and "gave up" not in msg, msg
 
 
+# --- redirects (a hub answering 302 to a CDN) ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hub(served, tmp_path_factory):
+    """One nginx, two servers: the files on port P ("the CDN", asked for as localhost), and on
+    port Q a "hub" answering every request with 302 to the same path on the CDN; /loop/
+    redirects to itself. Both log each request with its Authorization header.
+    (hub URL, CDN port, hub port, log file)."""
+    root, _ = served
+    work = tmp_path_factory.mktemp("nginx_hub")
+    cdn, q = _free_port(), _free_port()
+    extra = f"""server {{
+        listen 127.0.0.1:{q};
+        location /loop/ {{ return 302 http://127.0.0.1:{q}$request_uri; }}
+        location / {{ return 302 http://localhost:{cdn}$request_uri; }}
+    }}"""
+    log = work / "requests.log"
+    proc, _ = start_nginx(root, work, port=cdn, extra=extra, access_log=str(log))
+    yield f"http://127.0.0.1:{q}", cdn, q, log
+    stop_nginx(proc)
+
+
+def test_redirect_to_a_cdn_is_followed_and_the_token_stays_with_the_hub(hub, disk_unet, monkeypatch):
+    url, cdn, q, log = hub
+    monkeypatch.setenv("HUB_TOKEN", "s3cret")
+    start = len(log.read_text().splitlines()) if log.exists() else 0
+    p = Http(f"{url}/unet", token_env="HUB_TOKEN")
+    assert_same(run_model(f"{url}/unet", p, unet_feeds())[0], disk_unet)
+    assert p.url == f"http://localhost:{cdn}/unet/{WEIGHTS_FILE}"
+    lines = log.read_text().splitlines()[start:]
+    at_hub = [ln for ln in lines if ln.startswith(f"{q} ")]
+    at_cdn = [ln for ln in lines if ln.startswith(f"{cdn} ")]
+    assert at_hub and all(ln.endswith('"Bearer s3cret"') for ln in at_hub), at_hub
+    assert at_cdn and all(ln.endswith('"-"') for ln in at_cdn), at_cdn[:3]
+    # the hub is asked once per file (the index's first request, graph.txt twice): the tensors
+    # go straight to the CDN
+    assert len(at_hub) <= 3 < len(at_cdn), (len(at_hub), len(at_cdn))
+
+
+def test_redirect_loop_is_one_clear_error(hub):
+    url, _, _, _ = hub
+    t0 = time.monotonic()
+    with pytest.raises(WeightsError, match="more than 5 redirects") as ei:
+        Http(f"{url}/loop/unet")
+    assert "/loop/unet" in str(ei.value) and time.monotonic() - t0 < 5
+
+
 # --- faults ------------------------------------------------------------------------------------
 
 def test_fault_proxy_ten_runs_identical(served, disk_unet):
