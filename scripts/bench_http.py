@@ -17,6 +17,13 @@ a SHA-256 of its outputs. Prints a Markdown table and the bars:
 tensors streamed by rows (what a model URL opened with provider "nocache" gets; bitwise equal
 to DiskNoCache) and fetched whole (stream=False; bitwise equal to DiskPrefetch).
 
+``--faults RATE``: the issue's fault bar at full size: DiskPrefetch once for the reference
+output, then Http through tests/fault_proxy.py (drops, 503, 429, stalls, truncation, flipped
+bytes, in turn, on RATE of the requests, seeded) for ``--runs`` consecutive runs in one
+process; prints each run's time and whether its output is bitwise DiskPrefetch's, and the
+faults injected. E.g. ``--faults 0.1 --runs 10 --http-timeout 1``: stalls (1.5 s) outlast the
+timeout.
+
 ``--download``: no compute; fetch every tensor of the model in file order, ``--runs`` passes
 per variant (the first one dropped), alternating variants in one process: Http with and
 without reusing dropped mappings (``keep`` 2 / 0) and with 1 or 2 parallel ranges per big
@@ -84,12 +91,12 @@ def child(args) -> None:
         budget, stream = HTTP_VARIANTS[args.provider]
         if budget is None:
             budget = opts.prefetch_bytes if args.http_budget_mib is None else args.http_budget_mib << 20
-        provider = Http(args.model, budget_bytes=budget, stream=stream)
+        provider = Http(args.model, budget_bytes=budget, stream=stream, timeout=args.http_timeout)
     else:
         provider = args.provider
     model = Model(args.model, provider=provider, options=opts)
     load_s = time.perf_counter() - t0
-    times, cpu, server_cpu = [], [], []
+    times, cpu, server_cpu, shas = [], [], [], []
     w0 = written_bytes()
     for _ in range(args.runs):
         r0, n0, t1 = resource.getrusage(resource.RUSAGE_SELF), nginx_cpu(), time.perf_counter()
@@ -98,17 +105,18 @@ def child(args) -> None:
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         cpu.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
         server_cpu.append(nginx_cpu() - n0)
+        digest = hashlib.sha256()
+        for name in sorted(out):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(out[name]).tobytes())
+        shas.append(digest.hexdigest())
     w1 = written_bytes()
-    digest = hashlib.sha256()
-    for name in sorted(out):
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(out[name]).tobytes())
     stats = getattr(model.provider, "stats", None)
     model.close()
     print(json.dumps({"provider": args.provider, "load_s": load_s, "run_s": times, "cpu_s": cpu,
                       "nginx_cpu_s": server_cpu,
                       "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                      "written": w1 - w0, "sha256": digest.hexdigest(), "stats": stats}))
+                      "written": w1 - w0, "sha256": shas[-1], "run_sha256": shas, "stats": stats}))
 
 
 def download_passes(url: str, runs: int) -> None:
@@ -149,11 +157,38 @@ def download_passes(url: str, runs: int) -> None:
               f"{sum(r[1] for r in rs) / len(rs):.2f} | {sum(r[2] for r in rs) / len(rs):.2f} |")
 
 
+def fault_runs(model: str, port: int, args) -> None:
+    """DiskPrefetch once for the reference, then Http through the fault proxy for --runs runs."""
+    from fault_proxy import KINDS, FaultProxy
+
+    disk = run_child(model, "prefetch", argparse.Namespace(**{**vars(args), "runs": 1}))
+    with FaultProxy(port, seed=args.seed, rate=args.faults, stall_seconds=args.stall) as proxy:
+        t0 = time.perf_counter()
+        http = run_child(f"{proxy.url}/m", "http", args)
+        wall = time.perf_counter() - t0
+        faults, requests = proxy.faults(), len(proxy.log)
+    same = all(sha == disk["sha256"] for sha in http["run_sha256"])
+    print(f"model {model}; Http through the fault proxy (rate {args.faults}, seed {args.seed}, stalls "
+          f"{args.stall} s, Http timeout {args.http_timeout} s), {args.runs} consecutive runs, "
+          f"{wall:.0f} s in all\n")
+    print("| run | s | output = DiskPrefetch's |")
+    print("|---|---|---|")
+    for i, (t, sha) in enumerate(zip(http["run_s"], http["run_sha256"]), 1):
+        print(f"| {i} | {t:.2f} | {'yes' if sha == disk['sha256'] else 'NO'} |")
+    print(f"\nDiskPrefetch s/run {disk['run_s'][0]:.2f}; requests through the proxy {requests}, faults "
+          f"{sum(faults.values())} ({requests / max(1, sum(faults.values())):.1f} requests per fault): {faults}")
+    print(f"Http failures seen and retried: {http['stats']['failures']}")
+    print(f"  every run's output bitwise DiskPrefetch's: {'PASS' if same else 'FAIL'}")
+    print(f"  every fault kind injected: {'PASS' if set(faults) == set(KINDS) else 'FAIL'}")
+    print(f"  at least 1 fault per 20 requests: {'PASS' if sum(faults.values()) * 20 >= requests else 'FAIL'}")
+
+
 def run_child(model: str, provider: str, args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--model", model, "--provider", provider,
            "--inputs", args.inputs, "--runs", str(args.runs), "--threads", str(args.threads)]
     if args.http_budget_mib is not None:
         cmd += ["--http-budget-mib", str(args.http_budget_mib)]
+    cmd += ["--http-timeout", str(args.http_timeout)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"child {provider} failed:\n{r.stderr}")
@@ -172,6 +207,12 @@ def main() -> None:
                     help="DiskNoCache against Http(budget_bytes=0) streaming big tensors by rows and not")
     ap.add_argument("--http-budget-mib", type=int, default=None,
                     help="Http's read-ahead budget (default: RunOptions.prefetch_bytes, as Model gives it)")
+    ap.add_argument("--faults", type=float, default=None, metavar="RATE",
+                    help="Http through tests/fault_proxy.py injecting a fault into this fraction of "
+                         "requests (every kind in turn); --runs consecutive runs (see above)")
+    ap.add_argument("--http-timeout", type=float, default=10.0, help="Http's socket timeout, seconds")
+    ap.add_argument("--stall", type=float, default=1.5, help="--faults: seconds a stalled response stays silent")
+    ap.add_argument("--seed", type=int, default=7, help="--faults: the proxy's schedule")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--provider", default="prefetch", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -191,6 +232,11 @@ def main() -> None:
         if args.download:
             try:
                 return download_passes(url, args.runs)
+            finally:
+                stop_nginx(proc)
+        if args.faults is not None:
+            try:
+                return fault_runs(model, port, args)
             finally:
                 stop_nginx(proc)
         try:
