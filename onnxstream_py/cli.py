@@ -119,12 +119,19 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def token_opt(sp) -> None:
+    sp.add_argument("--token-env", metavar="NAME", default=None,
+                    help="for a model URL: send 'Authorization: Bearer $NAME' to its server (a hub "
+                         "that needs a token; not to a host it redirects to), e.g. HF_TOKEN")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="onnxstream", description="Streaming ONNX inference with little memory.")
     sub = p.add_subparsers(dest="command", required=True)
 
     def run_opts(sp):
         sp.add_argument("--provider", default="prefetch", help="nocache | prefetch | ram (default prefetch)")
+        token_opt(sp)
         sp.add_argument("--threads", type=int, default=None, help="threads for heavy math (default: all cores)")
         sp.add_argument("--backend", default="native", choices=["numpy", "native"],
                         help="native (default: C kernels and XNNPACK where available) or numpy (reference)")
@@ -176,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tune", help="measure XNNPACK vs BLAS per op shape for the native backend, "
                                      "store the choices beside the model")
     t.add_argument("model_dir")
+    token_opt(t)
     t.add_argument("--input", action="append", metavar="NAME=FILE.npy",
                    help="inputs at the sizes you will run (one per model input)")
     t.add_argument("--provider", default="prefetch")
@@ -197,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         # OpenBLAS reads this once, when numpy is first imported.
         os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)
     from .errors import EngineError, GraphFormatError, WeightsError
+    if getattr(args, "token_env", None):
+        from weights_providers import http
+        http.set_default_token_env(args.token_env)
     try:
         return args.fn(args)
     except (EngineError, GraphFormatError, WeightsError, OSError, ValueError) as e:

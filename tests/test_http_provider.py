@@ -350,20 +350,25 @@ def hub(served, tmp_path_factory):
     (hub URL, CDN port, hub port, log file)."""
     root, _ = served
     work = tmp_path_factory.mktemp("nginx_hub")
-    cdn, q = _free_port(), _free_port()
+    cdn, q, private = _free_port(), _free_port(), _free_port()
     extra = f"""server {{
         listen 127.0.0.1:{q};
         location /loop/ {{ return 302 http://127.0.0.1:{q}$request_uri; }}
         location / {{ return 302 http://localhost:{cdn}$request_uri; }}
+    }}
+    server {{
+        listen 127.0.0.1:{private};
+        root {Path(root).resolve()};
+        location / {{ if ($http_authorization != "Bearer s3cret") {{ return 401; }} }}
     }}"""
     log = work / "requests.log"
     proc, _ = start_nginx(root, work, port=cdn, extra=extra, access_log=str(log))
-    yield f"http://127.0.0.1:{q}", cdn, q, log
+    yield f"http://127.0.0.1:{q}", cdn, q, log, f"http://127.0.0.1:{private}"
     stop_nginx(proc)
 
 
 def test_redirect_to_a_cdn_is_followed_and_the_token_stays_with_the_hub(hub, disk_unet, monkeypatch):
-    url, cdn, q, log = hub
+    url, cdn, q, log, _ = hub
     monkeypatch.setenv("HUB_TOKEN", "s3cret")
     start = len(log.read_text().splitlines()) if log.exists() else 0
     p = Http(f"{url}/unet", token_env="HUB_TOKEN")
@@ -379,8 +384,25 @@ def test_redirect_to_a_cdn_is_followed_and_the_token_stays_with_the_hub(hub, dis
     assert len(at_hub) <= 3 < len(at_cdn), (len(at_hub), len(at_cdn))
 
 
+def test_cli_token_env_for_a_server_that_needs_a_token(hub, served, tmp_path):
+    """`onnxstream run URL --token-env NAME`: without it the server's 401 is one clear error;
+    with it the model runs, bitwise the disk provider's."""
+    private = hub[4]
+    root, _ = served
+    np.save(tmp_path / "x.npy", CONV_FEEDS["x"])
+    cmd = [sys.executable, "-m", "onnxstream_py.cli", "run", f"{private}/conv", "--input",
+           f"x={tmp_path / 'x.npy'}", "--output-dir", str(tmp_path / "out")]
+    env = {**os.environ, "HUB_TOKEN": "s3cret"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 1 and "HTTP 401" in r.stderr and f"{private}/conv" in r.stderr, r.stderr
+    r = subprocess.run(cmd + ["--token-env", "HUB_TOKEN"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    want = run_model(str(root / "conv"), "nocache", CONV_FEEDS)[0]["y"]
+    assert np.load(tmp_path / "out" / "y.npy").tobytes() == want.tobytes()
+
+
 def test_redirect_loop_is_one_clear_error(hub):
-    url, _, _, _ = hub
+    url = hub[0]
     t0 = time.monotonic()
     with pytest.raises(WeightsError, match="more than 5 redirects") as ei:
         Http(f"{url}/loop/unet")

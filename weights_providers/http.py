@@ -115,6 +115,17 @@ def crc32_combine(crc_a: int, crc_b: int, len_b: int) -> int:
     return crc_a ^ crc_b
 
 
+_default_token_env: str | None = None
+
+
+def set_default_token_env(name: str | None) -> None:
+    """Clients made without ``token_env`` (a plain model URL, the SD pipeline's configs and
+    tokenizer) send ``Authorization: Bearer $name`` when that variable is set; the CLI's
+    ``--token-env``. None: no token unless a client is given one."""
+    global _default_token_env
+    _default_token_env = name or None
+
+
 def is_url(path) -> bool:
     """Whether ``path`` is an http:// or https:// URL (a model path may be one)."""
     return isinstance(path, str) and path[:8].lower().startswith(("http://", "https://"))
@@ -169,6 +180,7 @@ class _Client:
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
         self.retry_after_cap = float(retry_after_cap)
+        token_env = token_env or _default_token_env
         self._token = os.environ.get(token_env) if token_env else None
         self._token_host: str | None = None   # the token goes to the first host only
         self._sem = threading.BoundedSemaphore(connections)

@@ -31,7 +31,9 @@ def add_commands(sub) -> None:
     c.set_defaults(fn=cmd_convert_sd)
 
     s = sub.add_parser("sd", help="generate images with a converted Stable Diffusion pipeline")
-    s.add_argument("--models-path", required=True, help="a folder made by convert-sd")
+    s.add_argument("--models-path", required=True, help="a folder made by convert-sd (or its http(s):// URL)")
+    from ..cli import token_opt
+    token_opt(s)
     s.add_argument("--prompt", default="")
     s.add_argument("--neg-prompt", default="")
     s.add_argument("--steps", type=int, default=20)
