@@ -1289,7 +1289,7 @@ def qaffine_act_nhwc(x: np.ndarray, a: np.ndarray, b: np.ndarray, x_q: tuple, y_
         _need(what, v, name, (np.float32,))
         if v.shape != (c,):
             raise ValueError(f"{what}: {name} must have shape ({c},), got {v.shape}")
-    (xs, xz), (ys, yz) = _qparams(what, "input", *x_q), _qparams(what, "output", *y_q)
+    (_, xz), (ys, yz) = _qparams(what, "input", *x_q), _qparams(what, "output", *y_q)   # the input scale is folded into a
     out = _out_like(what, out, x.shape, _I8, x, may_alias=True)
     _check(lib.osn_qaffine_act_nhwc(_pool_ptr(pool), out_ptr(out, "int8_t *"), ptr(x, "int8_t *"), ptr(a, "float *"),
                                     ptr(b, "float *"), x.size // c, c, int(bool(silu)), xz, yz, ys), what)
