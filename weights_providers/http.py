@@ -189,7 +189,6 @@ class _Client:
         self._ssl: ssl.SSLContext | None = ssl_context
         self._rng = random.Random(seed)
         self._closed = False
-        self.crc32 = crc32
         # statistics (tests, benchmarks)
         self.requests = 0
         self.failures: dict[str, int] = {}
@@ -353,7 +352,7 @@ class _Client:
                 if not k:
                     break
                 if crc is not None:
-                    crc[0] = self.crc32(dest[got:got + k], crc[0])
+                    crc[0] = crc32(dest[got:got + k], crc[0])
                 got += k
         except (OSError, http.client.HTTPException) as e:
             with self._lock:
@@ -678,7 +677,7 @@ class Http(WeightsProvider):
             if not self.verify:
                 return None
             for e in span:
-                bad = _mismatch(e, self._client.crc32(view[e.offset - first:e.offset - first + e.nbytes]))
+                bad = _mismatch(e, crc32(view[e.offset - first:e.offset - first + e.nbytes]))
                 if bad is not None:
                     return bad
             return None
