@@ -626,6 +626,33 @@ def test_sd_pipeline_over_http_is_bitwise_disk(served, tmp_path_factory):
     assert img_http.tobytes() == img_disk.tobytes()
 
 
+def test_cli_sd_from_a_server_that_needs_a_token(hub, served, tmp_path):
+    """`onnxstream sd --models-path URL --token-env NAME`: the manifest, configs, tokenizer and
+    networks all come from a server answering 401 without the token; the PNG is the one made
+    from the local folder, byte for byte."""
+    from onnxstream_py.sd.cli import DEMO_EXPORT
+    from onnxstream_py.sd.convert import convert_sd
+    private = hub[4]
+    root, _ = served
+    if not (root / "sd").exists():
+        convert_sd(DEMO_EXPORT, str(root / "sd"), log=lambda m: None, w8a8_vae=None)
+    env = {**os.environ, "HUB_TOKEN": "s3cret"}
+
+    def sd(models, out, *extra):
+        return subprocess.run([sys.executable, "-m", "onnxstream_py.cli", "sd", "--models-path", models,
+                               "--prompt", "a red fox", "--steps", "2", "--seed", "3", "--width", "64",
+                               "--height", "48", "--output", str(out), *extra],
+                              capture_output=True, text=True, timeout=300, env=env)
+
+    r = sd(str(root / "sd"), tmp_path / "disk.png")
+    assert r.returncode == 0, r.stderr
+    r = sd(f"{private}/sd", tmp_path / "none.png")
+    assert r.returncode == 1 and "HTTP 401" in r.stderr, r.stderr
+    r = sd(f"{private}/sd", tmp_path / "http.png", "--token-env", "HUB_TOKEN")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "http.png").read_bytes() == (tmp_path / "disk.png").read_bytes()
+
+
 # --- CLI and the SD pipeline -------------------------------------------------------------------
 
 def test_cli_run_accepts_a_url(served, tmp_path):
