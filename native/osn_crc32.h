@@ -3,8 +3,8 @@
  * Why: the HTTP provider checks every downloaded tensor (3.4 GB per SD 1.5 UNet run); zlib 1.2.13's
  * table CRC runs at ~1.5 GB/s here, which costs ~2 s of CPU per run beside the compute. Folding
  * 64 bytes per step with PCLMULQDQ (Intel's "Fast CRC Computation Using PCLMULQDQ" method, the
- * same constants as Chromium's zlib) is several times faster: 12-13 GB/s; with AVX-512 VPCLMULQDQ
- * (four 128-bit lanes per instruction, 256 bytes per step) 25-46 GB/s on this Zen 4, against zlib's
+ * same constants as Chromium's zlib) is several times faster: 12-14 GB/s; with AVX-512 VPCLMULQDQ
+ * (four 128-bit lanes per instruction, 256 bytes per step) 25-51 GB/s on this Zen 4, against zlib's
  * 4 (scripts/bench_crc.py). x86-64 with PCLMUL only, chosen at run time; elsewhere osn_crc32_fast reports 0 and callers
  * use zlib.crc32 (the numpy-free twin).
  */

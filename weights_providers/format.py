@@ -196,7 +196,7 @@ _crc32 = None
 
 def crc32(data, value: int = 0) -> int:
     """zlib.crc32(data, value), computed by the native extension's carry-less multiply when it
-    is built and the CPU has it (onnxstream_py.native.crc32: 12-13 GB/s here, 25-49 with
+    is built and the CPU has it (onnxstream_py.native.crc32: 12-14 GB/s here, 25-51 with
     AVX-512, against zlib's 4; the same values; scripts/bench_crc.py), else by zlib. Chosen on first use (the
     extension imports this package, so not at import time)."""
     global _crc32
