@@ -604,13 +604,19 @@ def test_no_file_is_opened_or_written_during_a_run(served, disk_unet, monkeypatc
     assert opened == []
 
 
-def test_sd_pipeline_over_http_is_bitwise_disk(served, tmp_path_factory):
-    from onnxstream_py.sd import pipeline as pl
+def sd_folder(root: Path) -> Path:
+    """The tiny SD pipeline converted under the served root (once per module)."""
     from onnxstream_py.sd.cli import DEMO_EXPORT
     from onnxstream_py.sd.convert import convert_sd
-    root, url = served
     if not (root / "sd").exists():
         convert_sd(DEMO_EXPORT, str(root / "sd"), log=lambda m: None, w8a8_vae=None)
+    return root / "sd"
+
+
+def test_sd_pipeline_over_http_is_bitwise_disk(served, tmp_path_factory):
+    from onnxstream_py.sd import pipeline as pl
+    root, url = served
+    sd_folder(root)
     params = pl.GenerationParams(prompt="a red fox in the snow", negative_prompt="ugly", steps=3, seed=7,
                                  width=64, height=48)
 
@@ -630,12 +636,9 @@ def test_cli_sd_from_a_server_that_needs_a_token(hub, served, tmp_path):
     """`onnxstream sd --models-path URL --token-env NAME`: the manifest, configs, tokenizer and
     networks all come from a server answering 401 without the token; the PNG is the one made
     from the local folder, byte for byte."""
-    from onnxstream_py.sd.cli import DEMO_EXPORT
-    from onnxstream_py.sd.convert import convert_sd
     private = hub[4]
     root, _ = served
-    if not (root / "sd").exists():
-        convert_sd(DEMO_EXPORT, str(root / "sd"), log=lambda m: None, w8a8_vae=None)
+    sd_folder(root)
     env = {**os.environ, "HUB_TOKEN": "s3cret"}
 
     def sd(models, out, *extra):
