@@ -567,7 +567,7 @@ def _xnn_input(what: str, name: str, a, dtypes) -> np.ndarray:
         desc = f"{a.dtype}{list(a.shape)} contiguous={a.flags.c_contiguous}" if isinstance(a, np.ndarray) else type(a)
         raise ValueError(f"{what}: {name} must be a C-contiguous {'/'.join(str(d) for d in dtypes)} array, "
                          f"got {desc}")
-    return xnn_readable(a)
+    return a
 
 
 def _xnn_output(what: str, out, shape, dtype, inputs) -> np.ndarray:
@@ -606,6 +606,7 @@ def xnn_binary(op: str, a: np.ndarray, b: np.ndarray, out: np.ndarray | None = N
     except ValueError:
         raise ValueError(f"{what}: shapes do not broadcast") from None
     out = _xnn_output(what, out, shape, a.dtype, (a, b))
+    a, b = xnn_readable(a), xnn_readable(b)   # after the overlap check: it is on the caller's arrays
     if out.size:
         _check(lib.osn_xnn_binary(_pool_ptr(pool), _BINARY_OPS[op], _LINEAR_DTYPES[a.dtype], out_ptr(out), ptr(a),
                                   ptr(b), a.ndim, ffi.new("size_t[]", a.shape) if a.ndim else ffi.NULL,
@@ -627,6 +628,7 @@ def xnn_unary(op: str, x: np.ndarray, out: np.ndarray | None = None, *, lo: floa
     if op == "Clip" and not lo < hi:
         raise ValueError(f"{what}: bounds [{lo}, {hi}] must satisfy min < max (XNNPACK clamp)")
     out = _xnn_output(what, out, x.shape, x.dtype, (x,))
+    x = xnn_readable(x)   # after the overlap check: it is on the caller's arrays
     if out.size:
         _check(lib.osn_xnn_unary(_pool_ptr(pool), _UNARY_OPS[op], _LINEAR_DTYPES[x.dtype], out_ptr(out), ptr(x),
                                  x.size, lo, hi), what)
@@ -641,6 +643,7 @@ def xnn_softmax_f32(x: np.ndarray, out: np.ndarray | None = None, *, pool: Threa
     if x.ndim < 1:
         raise ValueError(f"{what}: X must have rank >= 1")
     out = _xnn_output(what, out, x.shape, x.dtype, (x,))
+    x = xnn_readable(x)   # after the overlap check: it is on the caller's arrays
     if out.size:
         cols = x.shape[-1]
         _check(lib.osn_xnn_softmax_f32(_pool_ptr(pool), out_ptr(out, "float *"), ptr(x, "float *"),
@@ -673,6 +676,7 @@ def xnn_max_pool2d(x: np.ndarray, kernel, strides=(1, 1), dilations=(1, 1), pads
     x = _xnn_input(what, "X", x, (_F32, _F16))
     k, s, d, p, shape = _pool_geometry(what, x, kernel, strides, dilations, pads)
     out = _xnn_output(what, out, shape, x.dtype, (x,))
+    x = xnn_readable(x)   # after the overlap check: it is on the caller's arrays
     if out.size:
         n, h, w, c = x.shape
         _check(lib.osn_xnn_max_pool2d(_pool_ptr(pool), _LINEAR_DTYPES[x.dtype], out_ptr(out), ptr(x), n, h, w, c,
@@ -689,6 +693,7 @@ def xnn_avg_pool2d_f32(x: np.ndarray, kernel, strides=(1, 1), pads=(0, 0, 0, 0),
     x = _xnn_input(what, "X", x, (_F32,))
     k, s, _, p, shape = _pool_geometry(what, x, kernel, strides, (1, 1), pads)
     out = _xnn_output(what, out, shape, x.dtype, (x,))
+    x = xnn_readable(x)   # after the overlap check: it is on the caller's arrays
     if out.size:
         n, h, w, c = x.shape
         _check(lib.osn_xnn_avg_pool2d_f32(_pool_ptr(pool), out_ptr(out, "float *"), ptr(x, "float *"),
@@ -714,6 +719,7 @@ def xnn_resize_bilinear2d(x: np.ndarray, out_hw, mode: str = "half_pixel", *, nc
         raise ValueError(f"{what}: unsupported sizes (outputs >= 1, >= 2 for align_corners; "
                          f"NCHW inputs need H, W >= 2)")
     out = _xnn_output(what, out, (n, c, oh, ow) if nchw else (n, oh, ow, c), x.dtype, (x,))
+    x = xnn_readable(x)   # after the overlap check: it is on the caller's arrays
     if out.size:
         _check(lib.osn_xnn_resize_bilinear2d(_pool_ptr(pool), _LINEAR_DTYPES[x.dtype], int(nchw),
                                              _RESIZE_MODES[mode], out_ptr(out), ptr(x), n, c, h, w, oh, ow), what)
@@ -1137,6 +1143,7 @@ def xnn_qbinary(op: str, a: np.ndarray, b: np.ndarray, a_q: tuple, b_q: tuple, y
     except ValueError:
         raise ValueError(f"{what}: shapes do not broadcast") from None
     out = _xnn_output(what, out, shape, _I8, (a, b))
+    a, b = xnn_readable(a), xnn_readable(b)   # after the overlap check: it is on the caller's arrays
     if out.size:
         _check(lib.osn_xnn_qbinary(_pool_ptr(pool), _QBINARY_OPS[op], out_ptr(out, "int8_t *"), ptr(a, "int8_t *"),
                                    ptr(b, "int8_t *"), a.ndim, ffi.new("size_t[]", a.shape) if a.ndim else ffi.NULL,
@@ -1153,6 +1160,7 @@ def xnn_quantize_f32(x: np.ndarray, scale: float, zero_point: int, out: np.ndarr
     x = _xnn_input(what, "x", x, (_F32,))
     s, z = _qparams(what, "output", scale, zero_point)
     out = _xnn_output(what, out, x.shape, _I8, ())
+    x = xnn_readable(x)   # after the overlap check: it is on the caller's arrays
     if out.size:
         _check(lib.osn_xnn_quantize_f32(_pool_ptr(pool), out_ptr(out, "int8_t *"), ptr(x, "float *"), x.size, s, z),
                what)
@@ -1166,6 +1174,7 @@ def xnn_dequantize_f32(x: np.ndarray, scale: float, zero_point: int, out: np.nda
     x = _xnn_input(what, "x", x, (_I8,))
     s, z = _qparams(what, "input", scale, zero_point)
     out = _xnn_output(what, out, x.shape, _F32, ())
+    x = xnn_readable(x)   # after the overlap check: it is on the caller's arrays
     if out.size:
         _check(lib.osn_xnn_dequantize_f32(_pool_ptr(pool), out_ptr(out, "float *"), ptr(x, "int8_t *"), x.size, s, z),
                what)

@@ -145,6 +145,28 @@ def test_binary_wrapper_rejects_bad_input():
     assert native.xnn_binary("Add", np.ones((0, 5), np.float32), b).shape == (0, 5)
 
 
+def test_overlap_is_checked_on_the_callers_arrays_wherever_they_sit():
+    """An input ending in a page's last 16 bytes is handed to XNNPACK as a padded copy
+    (xnn_readable); the out-overlaps-input check must still see the caller's array (it once
+    checked the copy, so whether it raised depended on where numpy placed the buffer)."""
+    import mmap
+    mm = mmap.mmap(-1, 2 * mmap.PAGESIZE)
+    whole = np.frombuffer(mm, np.float32)
+    first = (mmap.PAGESIZE - 84) // 4                 # 20 floats ending 4 bytes before the page end
+    a = whole[first:first + 20].reshape(4, 5)
+    assert native.xnn_readable(a) is not a            # this placement does get a padded copy
+    b = _rand((5,), 2)
+    shifted = whole[first + 1:first + 21].reshape(4, 5)
+    with pytest.raises(ValueError, match="overlaps"):
+        native.xnn_binary("Add", a, b, shifted)
+    with pytest.raises(ValueError, match="overlaps"):
+        native.xnn_unary("Abs", a, shifted)
+    want = a + b
+    assert native.xnn_binary("Add", a, b, a) is a and np.array_equal(a, want)   # in place stays allowed
+    del a, whole, shifted
+    mm.close()
+
+
 # --------------------------------------------------------------------------- unary wrapper
 SPECIALS = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 0.5, 1.5, 2.5, -0.5, -2.5, 3.49, -7.5, 1e30, -88, 89,
                      -104, 1e-3, 3e38, -4e26], np.float32)
